@@ -1,0 +1,58 @@
+# KVM/arm64 asynchronous page faults: build, boot and test harness.
+# See README.md. Every target installs what it needs first (make deps).
+
+B ?= $(CURDIR)/build
+export B
+S := scripts
+
+# Lists of tests run inside the emulated host, in order.
+TEST_LISTS := $(wildcard tests/apf.list) tests/regression.list
+RUN_LISTS := $(or $(wildcard tests/apf.list),tests/regression.list)
+
+.PHONY: all deps tree config kernel selftests test run check series refresh clean help
+
+all: kernel
+
+help:
+	@echo "make run        boot the emulated arm64 KVM host and run the demo"
+	@echo "make test       build everything and run every test (what CI runs)"
+	@echo "make check      rustfmt, CLIPPY=1 build and checkpatch on the series"
+	@echo "make series     export the patch series with a cover letter to out/series"
+	@echo "make tree       assemble build/linux from Debian's source + this repo"
+	@echo "make refresh    save commits made inside build/linux back into the repo"
+
+$(B)/.deps-ok: $(S)/deps.sh
+	@$(S)/deps.sh
+	@mkdir -p $(B) && touch $@
+
+deps: $(B)/.deps-ok
+
+tree: deps
+	@$(S)/tree.sh
+
+config: tree
+	@$(S)/config.sh
+
+kernel: config
+	@$(S)/kernel.sh
+
+selftests: kernel
+	@$(S)/selftests.sh
+
+test: selftests
+	@$(S)/boot.sh test $(TEST_LISTS)
+
+run: selftests
+	@$(S)/boot.sh run verbose $(RUN_LISTS)
+
+check: config
+	@$(S)/check.sh
+
+series: tree
+	@$(S)/series.sh
+
+refresh:
+	@$(S)/refresh.sh
+
+clean:
+	rm -rf $(B)/kbuild $(B)/selftests $(B)/selftests-gen $(B)/initramfs.d $(B)/*.cpio out

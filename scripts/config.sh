@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Make $KOUT/.config: tinyconfig plus the fragments in config/, then check
+# that every option a fragment asks for really is set (an unmet dependency
+# or an option renamed by a new point release would otherwise be dropped
+# without a word).
+source "$(dirname "$0")/lib.sh"
+
+STAMP=$KOUT/.apf-config
+inputs=$(hash_inputs config)-$(git -C "$TREE" rev-parse HEAD)
+if [ -f "$KOUT/.config" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$inputs" ]; then
+	exit 0
+fi
+
+say "configuring the kernel from config/*.config"
+rm -f "$STAMP"
+mkdir -p "$KOUT"
+"${KMAKE[@]}" -s tinyconfig >/dev/null
+"$TREE/scripts/kconfig/merge_config.sh" -m -O "$KOUT" "$KOUT/.config" "$TOP"/config/*.config >"$B/merge_config.log" 2>&1 ||
+	die "merge_config failed (see $B/merge_config.log)"
+"${KMAKE[@]}" -s olddefconfig >/dev/null
+
+bad=0
+for frag in "$TOP"/config/*.config; do
+	while IFS= read -r line; do
+		case "$line" in
+		CONFIG_*=*)
+			grep -qx "$line" "$KOUT/.config" || {
+				echo "config: $(basename "$frag") asks for $line, but the result has: $(grep "^${line%%=*}=" "$KOUT/.config" || echo "${line%%=*} not set")" >&2
+				bad=1
+			} ;;
+		esac
+	done <"$frag"
+done
+[ $bad = 0 ] || die "stale or unsatisfiable kernel configuration (fix the fragments above)"
+echo "$inputs" >"$STAMP"

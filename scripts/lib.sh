@@ -1,0 +1,50 @@
+# Shared settings for the harness scripts. Sourced, not run.
+# shellcheck shell=bash
+set -euo pipefail
+
+TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+B=${B:-$TOP/build}			# all build output; ignored by git
+TREE=$B/linux				# assembled kernel git tree
+KOUT=$B/kbuild				# kernel O= directory
+KSRC_TARBALL=${KSRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
+BASE_VERSION=$(cat "$TOP/patches/BASE")	# the 6.12.y the series was made against
+JOBS=${JOBS:-$(nproc)}
+# ccache wraps the target compiler only: HOSTCC doubles as rustc's host
+# linker, which must be a single word.
+KMAKE=(make -C "$TREE" O="$KOUT" ARCH=arm64 LLVM=1 "CC=ccache clang" -j"$JOBS")
+export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+export PATH=$HOME/.cargo/bin:$PATH
+
+die() { echo "error: $*" >&2; exit 1; }
+warn() { echo "warning: $*" >&2; }
+say() { echo "==> $*"; }
+
+# Run a long command with its output in a log file, printing a progress
+# line every 30 s and the tail of the log if it fails.
+run_logged() {
+	local what=$1 log=$2; shift 2
+	mkdir -p "$(dirname "$log")"
+	local start=$SECONDS
+	"$@" >"$log" 2>&1 &
+	local pid=$! last=$SECONDS
+	while kill -0 "$pid" 2>/dev/null; do
+		sleep 2
+		if (( SECONDS - last >= 30 )); then
+			last=$SECONDS
+			echo "    $what: $(( SECONDS - start ))s, $(wc -l <"$log") log lines, last: $(tail -n1 "$log" | cut -c1-70)"
+		fi
+	done
+	if ! wait "$pid"; then
+		echo "---- last lines of $log ----" >&2
+		grep -E -B2 -A4 'error|Error|\*\*\*' "$log" | tail -n 40 >&2 || tail -n 40 "$log" >&2
+		die "$what failed (full log: $log)"
+	fi
+	echo "    $what: done in $(( SECONDS - start ))s"
+}
+
+# Hash of the files that make up an input set, so a change forces a rebuild.
+hash_inputs() {
+	(cd "$TOP" && find "$@" -type f -print0 2>/dev/null | sort -z |
+		xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
+}

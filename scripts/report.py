@@ -1,0 +1,112 @@
+#!/usr/bin/env python3
+"""Read the emulated host's console on stdin, echo it to a log file, and
+report results as they happen: one line per test, then the summary line
+"N passed, N failed, N skipped". Exit status 1 on any failure.
+
+Results come from three places:
+  - KUnit (the Rust doctests) at boot: top-level "ok N suite" lines;
+  - the init's "@@ END name how value" lines, one per test it ran;
+  - the kernel log itself: KVM must initialise at EL2, and no panic, Oops,
+    WARN, lockdep or KASAN report, nor any "BUG:" line may appear.
+"""
+import re
+import sys
+
+TS = re.compile(r"^\[\s*\d+\.\d+\] ")
+BAD = re.compile(r"Kernel panic|Internal error: Oops|\bOops\b|WARNING: CPU|"
+                 r"\bBUG:|possible circular locking|possible recursive locking|"
+                 r"inconsistent lock state|KASAN|Unable to handle kernel|"
+                 r"\bcut here\b|rcu_sched self-detected stall|soft lockup|"
+                 r"hung_task|blocked for more than")
+KVM_OK = re.compile(r"kvm \[\d+\]: (VHE|Hyp) mode initialized successfully|"
+                    r"kvm \[\d+\]: (Protected )?(nVHE|VHE) mode initialized")
+KUNIT_SUITE = re.compile(r"^\s*# Subtest: (\S+)")
+KUNIT_TOP = re.compile(r"^(not ok|ok) \d+ (\S+)(.*)$")
+KUNIT_CASE = re.compile(r"^\s+(not ok|ok) \d+ ")
+END = re.compile(r"^@@ END (\S+) (\S+) (\S+)(?: (\d+))?")
+
+
+def main():
+    log = open(sys.argv[1], "w", buffering=1)
+    verbose = len(sys.argv) > 2 and sys.argv[2] == "verbose"
+    expected = sys.argv[3:]
+    passed = failed = skipped = 0
+    bad_lines = []
+    kvm_ok = done = False
+    seen = set()
+    cases = {}
+    suite = None
+
+    def result(status, name, detail=""):
+        nonlocal passed, failed, skipped
+        seen.add(name)
+        if status == "ok":
+            passed += 1
+        elif status == "skip":
+            skipped += 1
+        else:
+            failed += 1
+        line = {"ok": "ok", "skip": "ok", "fail": "not ok"}[status]
+        extra = " # SKIP" if status == "skip" else ""
+        print(f"{line} {name}{extra}{' (' + detail + ')' if detail else ''}",
+              flush=True)
+
+    for raw in sys.stdin.buffer:
+        text = raw.decode("utf-8", "replace").rstrip("\r\n")
+        log.write(text + "\n")
+        if verbose and not text.startswith("@@"):
+            print("  | " + text, flush=True)
+        kernel = bool(TS.match(text))
+        body = TS.sub("", text)
+        if kernel:
+            if KVM_OK.search(body):
+                kvm_ok = True
+            if BAD.search(body):
+                bad_lines.append(body)
+            m = KUNIT_SUITE.match(body)
+            if m:
+                suite = m.group(1)
+                cases[suite] = [0, 0]
+            elif KUNIT_CASE.match(body) and suite:
+                cases[suite][0 if body.lstrip().startswith("ok") else 1] += 1
+            m = KUNIT_TOP.match(body)
+            if m and m.group(2) in cases:
+                ok_n, bad_n = cases[m.group(2)]
+                status = "ok" if m.group(1) == "ok" else "fail"
+                if "# SKIP" in m.group(3):
+                    status = "skip"
+                result(status, f"kunit:{m.group(2)}",
+                       f"{ok_n} passed, {bad_n} failed")
+                suite = None
+            continue
+        m = END.match(body)
+        if m:
+            name, how, value, secs = m.groups()
+            secs = f", {secs}s" if secs else ""
+            if how == "exit" and value == "0":
+                result("ok", name, secs.lstrip(", "))
+            elif how == "exit" and value == "4":
+                result("skip", name, "KSFT_SKIP" + secs)
+            elif how == "timeout":
+                result("fail", name, f"timeout {value}s")
+            else:
+                result("fail", name, f"{how} {value}{secs}")
+        elif body.startswith("@@ DONE"):
+            done = True
+
+    result("ok" if kvm_ok else "fail", "boot:kvm-at-el2",
+           "" if kvm_ok else "no 'VHE mode initialized' line")
+    if not done:
+        result("fail", "boot:tests-completed",
+               "console ended before the test list did (crash, hang or QEMU failure)")
+    for name in expected:
+        if name not in seen:
+            result("fail", name, "never reported")
+    result("fail" if bad_lines else "ok", "console:clean",
+           "; ".join(bad_lines[:3]) if bad_lines else "")
+    print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
