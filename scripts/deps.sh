@@ -3,7 +3,10 @@
 # Idempotent: a stamp records a completed run for this script version.
 set -euo pipefail
 
-BINDGEN_VERSION=0.73.0
+# bindgen 0.72+ emits explicit struct padding as 8-byte aligned opaque
+# arrays, which shifts every field after it: in 6.12's task_struct, Rust then
+# reads pid 64 bytes off and the task.rs doctest oopses. 0.69.5 is correct.
+BINDGEN_VERSION=0.69.5
 APT_PKGS="linux-source-6.12 clang lld llvm libclang-dev gcc-aarch64-linux-gnu
 	qemu-system-arm flex bison bc libelf-dev libssl-dev cpio ccache rsync
 	python3 xz-utils make git"

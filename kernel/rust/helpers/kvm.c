@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: GPL-2.0
+
+/*
+ * KVM/arm64 helpers for rust/kernel/kvm: only what the asynchronous page
+ * fault code needs.
+ */
+#ifdef CONFIG_KVM_ARM_ASYNC_PF
+#include <linux/kvm_host.h>
+#include <asm/kvm_emulate.h>
+#include <kvm/arm_hypercalls.h>
+#include <trace/events/kvm.h>
+
+bool rust_helper_kvm_vm_has_ran_once(struct kvm *kvm)
+{
+	return kvm_vm_has_ran_once(kvm);
+}
+
+bool rust_helper_irqchip_in_kernel(struct kvm *kvm)
+{
+	return irqchip_in_kernel(kvm);
+}
+
+u64 rust_helper_kvm_vcpu_get_esr(const struct kvm_vcpu *vcpu)
+{
+	return kvm_vcpu_get_esr(vcpu);
+}
+
+u64 rust_helper_kvm_vcpu_get_spsr(struct kvm_vcpu *vcpu)
+{
+	return *vcpu_cpsr(vcpu);
+}
+
+u64 rust_helper_kvm_vcpu_get_far(const struct kvm_vcpu *vcpu)
+{
+	return kvm_vcpu_get_hfar(vcpu);
+}
+
+u64 rust_helper_vcpu_get_reg(const struct kvm_vcpu *vcpu, u8 reg_num)
+{
+	return vcpu_get_reg(vcpu, reg_num);
+}
+
+void rust_helper_smccc_set_retval(struct kvm_vcpu *vcpu, u64 a0, u64 a1,
+				  u64 a2, u64 a3)
+{
+	smccc_set_retval(vcpu, a0, a1, a2, a3);
+}
+
+/* kvm_make_request() insists on a constant, which Rust cannot pass */
+void rust_helper_kvm_make_request(int req, struct kvm_vcpu *vcpu)
+{
+	__kvm_make_request(req, vcpu);
+}
+
+void rust_helper_trace_kvm_async_pf_not_present(u64 token, u64 gpa)
+{
+	trace_kvm_async_pf_not_present(token, gpa);
+}
+
+void rust_helper_trace_kvm_async_pf_ready(u64 token, u64 gpa)
+{
+	trace_kvm_async_pf_ready(token, gpa);
+}
+
+void rust_helper_trace_kvm_async_pf_repeated_fault(u64 gpa, u64 gfn)
+{
+	trace_kvm_async_pf_repeated_fault(gpa, gfn);
+}
+
+int rust_helper_kvm_srcu_read_lock(struct kvm *kvm)
+{
+	return srcu_read_lock(&kvm->srcu);
+}
+
+void rust_helper_kvm_srcu_read_unlock(struct kvm *kvm, int idx)
+{
+	srcu_read_unlock(&kvm->srcu, idx);
+}
+#endif /* CONFIG_KVM_ARM_ASYNC_PF */

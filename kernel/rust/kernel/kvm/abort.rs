@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! A view of a stage-2 abort, decoded from its syndrome.
+//!
+//! The ESR is the single source of truth: every property of the fault is a
+//! method that decodes it, so no copy of a decoded bit can go stale. The
+//! exception level and execution state the guest was in come from the saved
+//! guest PSTATE (SPSR_EL2), which the ESR of an abort taken to EL2 does not
+//! encode.
+//!
+//! C headers: [`arch/arm64/include/asm/esr.h`](srctree/arch/arm64/include/asm/esr.h),
+//! [`arch/arm64/include/asm/kvm_emulate.h`](srctree/arch/arm64/include/asm/kvm_emulate.h).
+
+const EC_SHIFT: u32 = 26;
+const EC_MASK: u64 = 0x3f;
+const EC_IABT_LOW: u64 = 0x20;
+const EC_DABT_LOW: u64 = 0x24;
+const ISS_WNR: u64 = 1 << 6;
+const ISS_S1PTW: u64 = 1 << 7;
+const ISS_CM: u64 = 1 << 8;
+const FSC_MASK: u64 = 0x3f;
+const FSC_TYPE_MASK: u64 = 0x3c;
+const FSC_TRANS: u64 = 0x04;
+const FSC_ACCESS: u64 = 0x08;
+const FSC_PERM: u64 = 0x0c;
+const PSR_MODE_MASK: u64 = 0xf;
+const PSR_MODE_EL0T: u64 = 0x0;
+const PSR_MODE32_BIT: u64 = 0x10;
+
+/// A guest abort taken to the hypervisor because of stage-2 translation.
+///
+/// # Examples
+///
+/// A write by guest user space to a page missing from stage 2:
+///
+/// ```
+/// use kernel::kvm::abort::Stage2Abort;
+///
+/// // EC = DABT_LOW, IL, WnR, FSC = translation fault, level 3.
+/// let esr = (0x24 << 26) | (1 << 25) | (1 << 6) | 0x07;
+/// let abort = Stage2Abort::new(esr, 0x0 /* EL0t, AArch64 */);
+/// assert!(abort.is_dabt() && abort.is_write() && !abort.is_exec());
+/// assert!(abort.is_translation() && !abort.is_perm());
+/// assert!(abort.is_from_el0());
+/// assert_eq!(abort.fsc(), 0x07);
+///
+/// // The same fault from guest EL1h is not from EL0.
+/// assert!(!Stage2Abort::new(esr, 0x5).is_from_el0());
+/// // Nor is one from AArch32 EL0 (usr mode, nRW set).
+/// assert!(!Stage2Abort::new(esr, 0x10).is_from_el0());
+/// ```
+///
+/// An instruction fetch is an exec fault, and a stage-1 page table walk
+/// counts as a write, because the walker may update the descriptors:
+///
+/// ```
+/// use kernel::kvm::abort::Stage2Abort;
+///
+/// let fetch = Stage2Abort::new((0x20 << 26) | 0x0f, 0x0);
+/// assert!(fetch.is_iabt() && fetch.is_exec() && !fetch.is_write() && fetch.is_perm());
+///
+/// let walk = Stage2Abort::new((0x24 << 26) | (1 << 7) | 0x06, 0x0);
+/// assert!(walk.is_s1ptw() && walk.is_write() && !walk.is_exec());
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Stage2Abort {
+    esr: u64,
+    spsr: u64,
+}
+
+impl Stage2Abort {
+    /// Creates the view from the raw ESR_EL2 and the guest's saved PSTATE.
+    pub const fn new(esr: u64, spsr: u64) -> Self {
+        Self { esr, spsr }
+    }
+
+    /// Returns the raw syndrome.
+    pub const fn esr(&self) -> u64 {
+        self.esr
+    }
+
+    fn ec(&self) -> u64 {
+        (self.esr >> EC_SHIFT) & EC_MASK
+    }
+
+    /// Returns whether this is an instruction abort from the guest.
+    pub fn is_iabt(&self) -> bool {
+        self.ec() == EC_IABT_LOW
+    }
+
+    /// Returns whether this is a data abort from the guest.
+    pub fn is_dabt(&self) -> bool {
+        self.ec() == EC_DABT_LOW
+    }
+
+    /// Returns the fault status code.
+    pub fn fsc(&self) -> u64 {
+        self.esr & FSC_MASK
+    }
+
+    /// Returns whether stage 2 had no valid mapping (a translation fault).
+    pub fn is_translation(&self) -> bool {
+        self.fsc() & FSC_TYPE_MASK == FSC_TRANS
+    }
+
+    /// Returns whether this is an access flag fault.
+    pub fn is_access_flag(&self) -> bool {
+        self.fsc() & FSC_TYPE_MASK == FSC_ACCESS
+    }
+
+    /// Returns whether the stage-2 mapping exists but forbids the access.
+    pub fn is_perm(&self) -> bool {
+        self.fsc() & FSC_TYPE_MASK == FSC_PERM
+    }
+
+    /// Returns whether the fault hit the guest's stage-1 page table walk.
+    pub fn is_s1ptw(&self) -> bool {
+        self.esr & ISS_S1PTW != 0
+    }
+
+    /// Returns whether the access needs write permission at stage 2.
+    ///
+    /// Cache maintenance reports WnR set but only needs read access.
+    pub fn is_write(&self) -> bool {
+        if self.is_s1ptw() {
+            return true;
+        }
+        self.is_dabt() && self.esr & ISS_WNR != 0 && self.esr & ISS_CM == 0
+    }
+
+    /// Returns whether the fault was an instruction fetch.
+    pub fn is_exec(&self) -> bool {
+        self.is_iabt() && !self.is_s1ptw()
+    }
+
+    /// Returns whether the guest was running AArch32 code.
+    pub fn is_aarch32(&self) -> bool {
+        self.spsr & PSR_MODE32_BIT != 0
+    }
+
+    /// Returns whether the guest was running AArch64 user space (EL0t).
+    pub fn is_from_el0(&self) -> bool {
+        !self.is_aarch32() && self.spsr & PSR_MODE_MASK == PSR_MODE_EL0T
+    }
+}

@@ -1,0 +1,249 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Handles to KVM virtual machines, vCPUs and memslots.
+//!
+//! C header: [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h).
+
+use super::{abort::Stage2Abort, Gfn};
+use crate::{bindings, error::to_result, prelude::*, types::Opaque};
+
+/// A KVM virtual machine.
+///
+/// # Invariants
+///
+/// The wrapped `struct kvm` is valid for as long as the reference exists.
+#[repr(transparent)]
+pub struct Kvm(Opaque<bindings::kvm>);
+
+impl Kvm {
+    /// Returns the raw pointer to the `struct kvm`.
+    pub fn as_raw(&self) -> *mut bindings::kvm {
+        self.0.get()
+    }
+
+    /// Returns whether any vCPU of the VM has run: configuration that the
+    /// guest may have seen is frozen from then on.
+    pub fn has_ran_once(&self) -> bool {
+        // SAFETY: By the type invariant the `struct kvm` is valid.
+        unsafe { bindings::kvm_vm_has_ran_once(self.as_raw()) }
+    }
+
+    /// Runs `f` inside a `kvm->srcu` read-side critical section, which keeps
+    /// the memslots `f` looks at alive.
+    pub fn srcu_read<T>(&self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: By the type invariant the `struct kvm` is valid.
+        let idx = unsafe { bindings::kvm_srcu_read_lock(self.as_raw()) };
+        let ret = f();
+        // SAFETY: `idx` came from the matching lock above.
+        unsafe { bindings::kvm_srcu_read_unlock(self.as_raw(), idx) };
+        ret
+    }
+
+    /// Returns whether the VM has an in-kernel interrupt controller.
+    pub fn has_irqchip(&self) -> bool {
+        // SAFETY: By the type invariant the `struct kvm` is valid.
+        unsafe { bindings::irqchip_in_kernel(self.as_raw()) }
+    }
+}
+
+/// A KVM virtual CPU, borrowed by the thread that currently owns it.
+///
+/// KVM calls into arch code for a vCPU either from the thread running it or
+/// with `vcpu->mutex` held, so that caller has exclusive use of the vCPU's
+/// arch state for the length of the call.
+///
+/// # Invariants
+///
+/// The wrapped `struct kvm_vcpu` is valid, and owned by the current thread as
+/// described above, for as long as the reference exists.
+#[repr(transparent)]
+pub struct Vcpu(Opaque<bindings::kvm_vcpu>);
+
+impl Vcpu {
+    /// Creates a reference to a vCPU from a pointer KVM passed in.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `struct kvm_vcpu` that the current thread
+    /// owns (runs it, or holds `vcpu->mutex`) for the lifetime `'a`.
+    pub unsafe fn from_raw<'a>(ptr: *mut bindings::kvm_vcpu) -> &'a Self {
+        // SAFETY: `Vcpu` is a transparent wrapper, and the caller guarantees
+        // the pointer is valid and owned for `'a`.
+        unsafe { &*ptr.cast() }
+    }
+
+    /// Returns the raw pointer to the `struct kvm_vcpu`.
+    pub fn as_raw(&self) -> *mut bindings::kvm_vcpu {
+        self.0.get()
+    }
+
+    /// Returns the VM the vCPU belongs to.
+    pub fn kvm(&self) -> &Kvm {
+        // SAFETY: The vCPU is valid by the type invariant, and a vCPU never
+        // outlives its VM, whose pointer it holds for its whole life.
+        unsafe { &*(*self.as_raw()).kvm.cast() }
+    }
+
+    /// Returns the vCPU's index in the VM, which is below `KVM_MAX_VCPUS`.
+    pub fn idx(&self) -> u32 {
+        // SAFETY: The vCPU is valid by the type invariant; the index is set
+        // at creation and never changes.
+        unsafe { (*self.as_raw()).vcpu_idx as u32 }
+    }
+
+    /// Returns the stage-2 abort the vCPU is handling.
+    pub fn abort(&self) -> Stage2Abort {
+        // SAFETY: The vCPU is valid by the type invariant.
+        let (esr, spsr) = unsafe {
+            (
+                bindings::kvm_vcpu_get_esr(self.as_raw()),
+                bindings::kvm_vcpu_get_spsr(self.as_raw()),
+            )
+        };
+        Stage2Abort::new(esr, spsr)
+    }
+
+    /// Returns the faulting virtual address of the abort being handled.
+    pub fn fault_va(&self) -> u64 {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { bindings::kvm_vcpu_get_far(self.as_raw()) }
+    }
+
+    /// Returns the guest's general purpose register `x<n>`, or 0 for `n`
+    /// 31 (XZR) and above.
+    pub fn reg(&self, n: u8) -> u64 {
+        if n >= 31 {
+            return 0;
+        }
+        // SAFETY: The vCPU is valid by the type invariant, and `n` names a
+        // general purpose register.
+        unsafe { bindings::vcpu_get_reg(self.as_raw(), n) }
+    }
+
+    /// Sets the guest's `x0..x3` as the result of the SMCCC call it made.
+    pub fn set_smccc_ret(&self, regs: [u64; 4]) {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { bindings::smccc_set_retval(self.as_raw(), regs[0], regs[1], regs[2], regs[3]) }
+    }
+
+    /// Makes a synchronous external abort pending at the instruction that
+    /// caused the current stage-2 abort: a data abort, or an instruction
+    /// abort if `fetch`, reporting `va` in FAR.
+    pub fn inject_external_abort(&self, fetch: bool, va: u64) {
+        // SAFETY: The vCPU is valid by the type invariant and is handling an
+        // abort, which is what these functions report back to the guest.
+        unsafe {
+            if fetch {
+                bindings::kvm_inject_pabt(self.as_raw(), va as _)
+            } else {
+                bindings::kvm_inject_dabt(self.as_raw(), va as _)
+            }
+        }
+    }
+
+    /// Sets the level of the private peripheral interrupt `intid` (16..=31)
+    /// on this vCPU's vGIC redistributor.
+    pub fn set_ppi_level(&self, intid: u32, level: bool) -> Result {
+        if !(16..=31).contains(&intid) {
+            return Err(EINVAL);
+        }
+        // SAFETY: The vCPU and its VM are valid by the type invariant, and
+        // `intid` is a PPI, which needs the target vCPU.
+        to_result(unsafe {
+            bindings::kvm_vgic_inject_irq(
+                self.kvm().as_raw(),
+                self.as_raw(),
+                intid,
+                level,
+                core::ptr::null_mut(),
+            )
+        })
+    }
+
+    /// Raises request `req` (a `KVM_REQ_*` value) and kicks the vCPU so that
+    /// it handles it before it next enters the guest. Any context may do
+    /// this, e.g. a work item, for a vCPU it does not own.
+    ///
+    /// # Safety
+    ///
+    /// `vcpu` must point to a valid `struct kvm_vcpu`.
+    pub unsafe fn request_raw(vcpu: *mut bindings::kvm_vcpu, req: u32) {
+        // SAFETY: The caller guarantees `vcpu` is valid; requests and kicks
+        // may be issued from any context.
+        unsafe {
+            bindings::kvm_make_request(req as _, vcpu);
+            bindings::kvm_vcpu_kick(vcpu);
+        }
+    }
+
+    /// Returns a pointer to the vCPU's arch state, for the arch code that
+    /// owns its layout.
+    pub fn arch(&self) -> *mut bindings::kvm_vcpu_arch {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).arch) }
+    }
+
+    /// Returns a pointer to the vCPU's binary stats counters.
+    pub fn stat(&self) -> *mut bindings::kvm_vcpu_stat {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).stat) }
+    }
+}
+
+/// A KVM memory slot: a range of guest frames backed by host memory.
+///
+/// # Invariants
+///
+/// The wrapped `struct kvm_memory_slot` is valid for as long as the reference
+/// exists (the caller holds `kvm->srcu`).
+#[repr(transparent)]
+pub struct Memslot(Opaque<bindings::kvm_memory_slot>);
+
+impl Memslot {
+    /// Creates a reference to a memslot.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid memslot that stays valid for `'a`, e.g.
+    /// because the caller holds `kvm->srcu` for `'a`.
+    pub unsafe fn from_raw<'a>(ptr: *mut bindings::kvm_memory_slot) -> &'a Self {
+        // SAFETY: `Memslot` is a transparent wrapper; the caller guarantees
+        // validity for `'a`.
+        unsafe { &*ptr.cast() }
+    }
+
+    /// Faults `gfn` in, sleeping for I/O if needed. Returns the pfn, which
+    /// may be a KVM error pfn for the caller to check, and whether the page
+    /// may be mapped writable.
+    pub fn faultin(&self, gfn: Gfn, write: bool) -> (u64, bool) {
+        self.gfn_to_pfn(gfn, write, None)
+    }
+
+    /// Like [`Memslot::faultin`], but returns `None` instead of sleeping
+    /// when the page is not resident and fetching it needs I/O.
+    pub fn faultin_nowait(&self, gfn: Gfn, write: bool) -> Option<(u64, bool)> {
+        let mut needs_io = false;
+        let ret = self.gfn_to_pfn(gfn, write, Some(&mut needs_io));
+        (!needs_io).then_some(ret)
+    }
+
+    fn gfn_to_pfn(&self, gfn: Gfn, write: bool, needs_io: Option<&mut bool>) -> (u64, bool) {
+        let mut writable = false;
+        let needs_io = needs_io.map_or(core::ptr::null_mut(), |b| b as *mut bool);
+        // SAFETY: The memslot is valid by the type invariant, and the out
+        // pointers are valid or null for the call.
+        let pfn = unsafe {
+            bindings::__gfn_to_pfn_memslot(
+                self.0.get(),
+                gfn.as_u64(),
+                false,
+                false,
+                needs_io,
+                write,
+                &mut writable,
+                core::ptr::null_mut(),
+            )
+        };
+        (pfn, writable)
+    }
+}
