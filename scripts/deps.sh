@@ -9,7 +9,7 @@ set -euo pipefail
 BINDGEN_VERSION=0.69.5
 APT_PKGS="linux-source-6.12 clang lld llvm libclang-dev gcc-aarch64-linux-gnu
 	qemu-system-arm flex bison bc libelf-dev libssl-dev cpio ccache rsync
-	python3 xz-utils make git"
+	python3 python3-ply python3-git xz-utils make git"
 
 die() { echo "deps: error: $*" >&2; exit 1; }
 

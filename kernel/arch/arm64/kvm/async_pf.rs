@@ -15,7 +15,7 @@
 //! Protocol: [`Documentation/virt/kvm/arm/apf.rst`](srctree/Documentation/virt/kvm/arm/apf.rst),
 //! ABI: [`arch/arm64/include/uapi/asm/kvm_para.h`](srctree/arch/arm64/include/uapi/asm/kvm_para.h).
 
-use core::ffi::{c_int, c_ulong};
+use core::ffi::c_int;
 use kernel::{
     bindings,
     kvm::{
@@ -321,7 +321,7 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
     slot: *mut bindings::kvm_memory_slot,
     gfn: u64,
     ipa: u64,
-    hva: c_ulong,
+    hva: u64,
     nested: bool,
     write_fault: bool,
     writable: *mut bool,
@@ -334,7 +334,7 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
         Some(done) => done,
         None => {
             let mut apf = Apf::of(vcpu);
-            match apf.try_async(gfn, Gpa::new(ipa), hva as u64, nested) {
+            match apf.try_async(gfn, Gpa::new(ipa), hva, nested) {
                 Ok(()) => return true,
                 Err(why) => apf.count(why),
             }
@@ -460,7 +460,10 @@ pub unsafe extern "C" fn kvm_arch_async_page_not_present(
     // SAFETY: The caller owns the vCPU and passes a valid work item.
     let (vcpu, work) = unsafe { (Vcpu::from_raw(vcpu), AsyncPf::from_raw(work)) };
     let token = work.arch().token;
-    if Apf::of(vcpu).post(bindings::KVM_PV_REASON_PAGE_NOT_PRESENT, token).is_err() {
+    if Apf::of(vcpu)
+        .post(bindings::KVM_PV_REASON_PAGE_NOT_PRESENT, token)
+        .is_err()
+    {
         return false;
     }
     // An architectural synchronous external abort at the faulting

@@ -113,7 +113,9 @@ impl Vcpu {
         let mut arch = arch;
         // SAFETY: The vCPU is valid and owned by the caller; KVM copies
         // `arch` before returning.
-        if !unsafe { bindings::kvm_setup_async_pf(self.as_raw(), gpa.as_u64(), hva as _, &mut arch) } {
+        if !unsafe {
+            bindings::kvm_setup_async_pf(self.as_raw(), gpa.as_u64(), hva as _, &mut arch)
+        } {
             return None;
         }
         // SAFETY: The item was just added at the tail of `queue`, which only

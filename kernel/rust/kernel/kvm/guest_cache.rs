@@ -101,7 +101,7 @@ impl GuestCache {
 
     fn check(&self, offset: usize, len: usize) -> Result {
         // SAFETY: The cache is valid memory we own.
-        let cached = unsafe { (*self.0.get()).len } as usize;
+        let cached = unsafe { (*self.0.get()).len };
         match offset.checked_add(len) {
             Some(end) if end <= cached => Ok(()),
             _ => Err(EINVAL),

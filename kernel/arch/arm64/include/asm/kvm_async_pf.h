@@ -74,7 +74,6 @@ static inline int kvm_arm_apf_hypercall(struct kvm_vcpu *vcpu)
 	smccc_set_retval(vcpu, SMCCC_RET_NOT_SUPPORTED, 0, 0, 0);
 	return 1;
 }
-static inline void kvm_check_async_pf_completion(struct kvm_vcpu *vcpu) {}
 
 #endif /* CONFIG_KVM_ARM_ASYNC_PF */
 #endif /* __ARM64_KVM_ASYNC_PF_H__ */

@@ -36,7 +36,7 @@
  * KVM_ARM_VCPU_ASYNC_PF_BLOCK vCPU attribute. Every other bit is
  * reserved and must be zero.
  */
-#define KVM_ASYNC_PF_ENABLED		(1 << 0)
+#define KVM_ASYNC_PF_ENABLED		1	/* bit 0 */
 
 /* Required alignment, in bytes, of the control block IPA */
 #define KVM_ASYNC_PF_BLOCK_ALIGN	64

@@ -55,69 +55,6 @@
 #include "vgic.h"
 #include "userfaultfd_util.h"
 
-/*
- * Fallbacks for building against uapi headers that predate APF. They mirror
- * arch/arm64/include/uapi/asm/kvm_para.h, arch/arm64/include/uapi/asm/kvm.h
- * and include/linux/arm-smccc.h.
- */
-#ifndef KVM_PV_REASON_PAGE_READY
-#define KVM_PV_REASON_PAGE_NOT_PRESENT	1
-#define KVM_PV_REASON_PAGE_READY	2
-
-struct kvm_vcpu_pv_apf_data {
-	__u32 reason;
-	__u32 token;
-	__u8 pad[56];
-};
-#endif
-
-#ifndef KVM_ASYNC_PF_CALL_VERSION
-#define KVM_ASYNC_PF_CALL_VERSION	0
-#define KVM_ASYNC_PF_CALL_SLOTS		1
-#define KVM_ASYNC_PF_CALL_IRQ		2
-#define KVM_ASYNC_PF_CALL_ENABLE	3
-#define KVM_ASYNC_PF_CALL_DISABLE	4
-#define KVM_ASYNC_PF_CALL_ACK		5
-#endif
-
-#ifndef KVM_ASYNC_PF_VERSION_1_0
-#define KVM_ASYNC_PF_VERSION_1_0	0x00010000
-#endif
-#ifndef KVM_ASYNC_PF_ENABLED
-#define KVM_ASYNC_PF_ENABLED		(1 << 0)
-#endif
-#ifndef KVM_ASYNC_PF_DEFAULT_IRQ
-#define KVM_ASYNC_PF_DEFAULT_IRQ	18
-#endif
-#ifndef KVM_ASYNC_PF_WAKE_ALL_TOKEN
-#define KVM_ASYNC_PF_WAKE_ALL_TOKEN	0xffffffff
-#endif
-
-#ifndef ARM_SMCCC_KVM_FUNC_ASYNC_PF
-#define ARM_SMCCC_KVM_FUNC_ASYNC_PF	96
-#endif
-#ifndef ARM_SMCCC_VENDOR_HYP_KVM_ASYNC_PF_FUNC_ID
-#define ARM_SMCCC_VENDOR_HYP_KVM_ASYNC_PF_FUNC_ID			\
-	ARM_SMCCC_CALL_VAL(ARM_SMCCC_FAST_CALL,				\
-			   ARM_SMCCC_SMC_64,				\
-			   ARM_SMCCC_OWNER_VENDOR_HYP,			\
-			   ARM_SMCCC_KVM_FUNC_ASYNC_PF)
-#endif
-
-#ifndef KVM_ARM_VCPU_ASYNC_PF_CTRL
-#define KVM_ARM_VCPU_ASYNC_PF_CTRL	3
-#define   KVM_ARM_VCPU_ASYNC_PF_IRQ	0
-#define   KVM_ARM_VCPU_ASYNC_PF_BLOCK	1
-#endif
-
-#ifndef KVM_REG_ARM_VENDOR_HYP_BMAP_2
-#define KVM_REG_ARM_VENDOR_HYP_BMAP_2	KVM_REG_ARM_FW_FEAT_BMAP_REG(3)
-#endif
-/* May be an enumerator in the uapi header; the value is what matters. */
-#ifndef KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF
-#define KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF	32
-#endif
-
 kvm_static_assert(sizeof(struct kvm_vcpu_pv_apf_data) == 64);
 
 /* In the FEATURES bitmap, function 96 is bit 0 of w3. */
@@ -250,9 +187,21 @@ struct el0_args {
 	uint64_t val[EL0_MAX_ACCESSES];
 };
 
-extern char el0_text_start[], el0_text_end[];
-extern char el0_read_pages[], el0_load_insn[], el0_return[];
-void run_at_el0(uint64_t fn, uint64_t arg, uint64_t sp_el0);
+/* The address of a symbol defined in the asm block below. */
+#define ASM_SYM(sym) ({							\
+	uint64_t __addr;						\
+									\
+	asm("adrp %0, " #sym "\n\tadd %0, %0, :lo12:" #sym : "=r"(__addr));	\
+	__addr;								\
+})
+
+static void run_at_el0(uint64_t fn, uint64_t arg, uint64_t sp_el0)
+{
+	void (*el0_call)(uint64_t fn, uint64_t arg, uint64_t sp_el0);
+
+	el0_call = (void *)ASM_SYM(__run_at_el0);
+	el0_call(fn, arg, sp_el0);
+}
 
 /*
  * .text.el0 holds the only code that runs at EL0; the host makes its pages
@@ -264,8 +213,7 @@ void run_at_el0(uint64_t fn, uint64_t arg, uint64_t sp_el0);
  * el0_read_pages: x0 = struct el0_args; for each i, val[i] = *addr[i].
  * The load at el0_load_insn is the access that may take an APF abort.
  */
-asm(
-"	.pushsection .text.el0, \"ax\"\n"
+asm("	.pushsection .text.el0, \"ax\"\n"
 "	.balign	64\n"
 "	.global	el0_text_start\n"
 "el0_text_start:\n"
@@ -301,9 +249,9 @@ asm(
  * exceptions taken meanwhile leave as they found it.
  */
 "	.pushsection .text, \"ax\"\n"
-"	.global	run_at_el0\n"
-"	.type	run_at_el0, %function\n"
-"run_at_el0:\n"
+"	.global	__run_at_el0\n"
+"	.type	__run_at_el0, %function\n"
+"__run_at_el0:\n"
 "	stp	x29, x30, [sp, #-96]!\n"
 "	mov	x29, sp\n"
 "	stp	x19, x20, [sp, #16]\n"
@@ -329,13 +277,13 @@ asm(
 "	ldp	x19, x20, [sp, #16]\n"
 "	ldp	x29, x30, [sp], #96\n"
 "	ret\n"
-"	.size	run_at_el0, . - run_at_el0\n"
+"	.size	__run_at_el0, . - __run_at_el0\n"
 "	.popsection\n");
 
 /* SVC #0 from the trampoline: resume at EL1, behind the eret. */
 static void guest_svc_handler(struct ex_regs *regs)
 {
-	regs->pc = (uint64_t)el0_return;
+	regs->pc = ASM_SYM(el0_return);
 	regs->pstate = EL1_SPSR;
 }
 
@@ -360,7 +308,7 @@ static void guest_el0_read(uint32_t first, uint32_t nr)
 		args->val[i] = 0;
 	}
 
-	run_at_el0((uint64_t)el0_read_pages, (uint64_t)args, params.el0_sp);
+	run_at_el0(ASM_SYM(el0_read_pages), (uint64_t)args, params.el0_sp);
 }
 
 static uint64_t el0_val(uint32_t i)
@@ -416,7 +364,7 @@ static void guest_el0_abort_handler(struct ex_regs *regs)
 	__GUEST_ASSERT(reason == KVM_PV_REASON_PAGE_NOT_PRESENT,
 		       "External abort from EL0 with reason %u, FAR 0x%lx",
 		       reason, far);
-	__GUEST_ASSERT(regs->pc == (uint64_t)el0_load_insn,
+	__GUEST_ASSERT(regs->pc == ASM_SYM(el0_load_insn),
 		       "PAGE_NOT_PRESENT at PC 0x%lx, FAR 0x%lx", regs->pc, far);
 
 	n = ev.nr_not_present;
@@ -776,8 +724,8 @@ static void apf_vm_create(struct apf_vm *t, void *guest_code)
 	 * EL0 code: AP[2:1] = 0b11 (read-only at both ELs; EL0-writable
 	 * pages would be PXN at EL1) and UXN clear.
 	 */
-	for (gva = (uint64_t)el0_text_start & ~((uint64_t)vm->page_size - 1);
-	     gva < (uint64_t)el0_text_end; gva += vm->page_size) {
+	for (gva = ASM_SYM(el0_text_start) & ~((uint64_t)vm->page_size - 1);
+	     gva < ASM_SYM(el0_text_end); gva += vm->page_size) {
 		uint64_t *pte = virt_get_pte_hva(vm, gva);
 
 		*pte = (*pte | PTE_AP_EL0 | PTE_AP_RDONLY) & ~PTE_UXN;
