@@ -14,6 +14,9 @@ JOBS=${JOBS:-$(nproc)}
 KMAKE=(make -C "$TREE" O="$KOUT" ARCH=arm64 LLVM=1 "CC=ccache clang" -j"$JOBS")
 export CCACHE_DIR=${CCACHE_DIR:-$HOME/.cache/ccache}
 export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+# Compile commands name absolute paths; rewriting them relative to the
+# checkout lets a fresh clone (CI) hit the cache a previous one filled.
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$TOP}
 export PATH=$HOME/.cargo/bin:$PATH
 
 die() { echo "error: $*" >&2; exit 1; }
