@@ -15,7 +15,9 @@
  *  - ENABLE/DISABLE/ACK semantics, including the wake-all that every
  *    ENABLE queues and parameter validation;
  *  - the KVM_ARM_VCPU_ASYNC_PF_CTRL vCPU attributes used for migration;
- *  - the per-vCPU apf_* statistics.
+ *  - the per-vCPU apf_* statistics;
+ *  - a vCPU reset with a fault in flight: the registration is forgotten
+ *    and the old block is never written again.
  *
  * The pages the guest faults on live in a memslot registered with
  * userfaultfd. The uffd handler thread records every request and only
@@ -1597,6 +1599,81 @@ static void test_stats(void)
  * Harness
  * ---------------------------------------------------------------------
  */
+/* ---------------------------------------------------------------------
+ * 12. vCPU reset with a fault in flight
+ * ---------------------------------------------------------------------
+ */
+static void guest_reset_pending(void)
+{
+	guest_setup();
+	guest_enable(0);
+
+	/* Page 0 stays with the host: its fetch is in flight at the reset. */
+	guest_el0_read(0, 1);
+	GUEST_ASSERT_EQ(READ_ONCE(ev.nr_not_present), 1);
+	GUEST_SYNC1(STAGE_PENDING);
+	GUEST_FAIL("Resumed after the vCPU reset");
+}
+
+/* Where the vCPU restarts after the reset: the old block stays untouched. */
+static void guest_after_reset(void)
+{
+	struct kvm_vcpu_pv_apf_data *blk = (void *)params.block_gpa[0];
+	int i;
+
+	/* Every guest entry is a chance for the host to deliver something. */
+	for (i = 0; i < 3; i++)
+		GUEST_ASSERT_EQ(apf_call(KVM_ASYNC_PF_CALL_VERSION, 0, 0),
+				SMCCC_RET_SUCCESS);
+	GUEST_ASSERT_EQ(READ_ONCE(blk->reason), 0);
+	GUEST_CHECK_BLOCK(0);
+	GUEST_DONE();
+}
+
+static void test_reset(void)
+{
+	uint64_t before[NR_APF_STATS], after[NR_APF_STATS], stack, val;
+	size_t stack_size;
+	struct apf_vm t;
+	struct ucall uc;
+
+	apf_vm_create(&t, guest_reset_pending);
+	apf_vm_start_pager(&t);
+
+	run_to_stage(t.vcpu, STAGE_PENDING, &uc);
+	pager_wait_requests(0, 1);
+	TEST_ASSERT(!pager_state(0).served, "Test page served before it was released");
+	read_apf_stats(t.vcpu, before);
+
+	/*
+	 * The reset waits for fetches still blocked in userfaultfd, so let
+	 * this one complete; its PAGE_READY must never be delivered.
+	 */
+	pager_release(0, 1);
+	aarch64_vcpu_setup(t.vcpu, NULL);	/* KVM_ARM_VCPU_INIT: the reset */
+	vcpu_init_descriptor_tables(t.vcpu);
+	stack_size = 4 * t.vm->page_size;
+	stack = vm_vaddr_alloc(t.vm, stack_size, KVM_UTIL_MIN_VADDR);
+	vcpu_set_reg(t.vcpu, ARM64_CORE_REG(sp_el1), stack + stack_size);
+	vcpu_set_reg(t.vcpu, ARM64_CORE_REG(regs.pc), (uint64_t)guest_after_reset);
+
+	/* The registration is gone, the VMM's PPI choice is not. */
+	vcpu_device_attr_get(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_CTRL,
+			     KVM_ARM_VCPU_ASYNC_PF_BLOCK, &val);
+	TEST_ASSERT_EQ(val, 0);
+	val = 0;
+	vcpu_device_attr_get(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_CTRL,
+			     KVM_ARM_VCPU_ASYNC_PF_IRQ, &val);
+	TEST_ASSERT_EQ(val, KVM_ASYNC_PF_DEFAULT_IRQ);
+
+	run_to_done(t.vcpu);
+	read_apf_stats(t.vcpu, after);
+	TEST_ASSERT_EQ(after[APF_STAT_READY], before[APF_STAT_READY]);
+	TEST_ASSERT_EQ(after[APF_STAT_NOT_PRESENT], before[APF_STAT_NOT_PRESENT]);
+
+	apf_vm_destroy(&t);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(void);
@@ -1613,6 +1690,7 @@ static const struct {
 	{ "invalid input",			test_bad_input,		true },
 	{ "migration attributes",		test_migration,		true },
 	{ "statistics",				test_stats,		true },
+	{ "vCPU reset with a fault in flight",	test_reset,		true },
 };
 
 /* Each subtest gets a fresh process, so a failed assertion stays local. */
