@@ -1,0 +1,142 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The VMM side of KVM/arm64 asynchronous page faults
+//! (Documentation/virt/kvm/arm/apf.rst, "VMM interface").
+//!
+//! * hiding: clear bit 32 of `KVM_REG_ARM_VENDOR_HYP_BMAP_2` before the
+//!   first KVM_RUN; the guest then sees no APF service at all;
+//! * the PAGE_READY PPI: vCPU attribute `KVM_ARM_VCPU_ASYNC_PF_IRQ` in group
+//!   `KVM_ARM_VCPU_ASYNC_PF_CTRL`.
+
+/// vCPU device attribute group `KVM_ARM_VCPU_ASYNC_PF_CTRL`.
+pub const KVM_ARM_VCPU_ASYNC_PF_CTRL: u32 = 3;
+/// Attribute `KVM_ARM_VCPU_ASYNC_PF_IRQ` (u32 PPI INTID, 16..31).
+pub const KVM_ARM_VCPU_ASYNC_PF_IRQ: u64 = 0;
+/// `KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF`: bit of the APF function (96 = 64 + 32).
+pub const KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF: u32 = 32;
+/// `KVM_ASYNC_PF_DEFAULT_IRQ`.
+pub const KVM_ASYNC_PF_DEFAULT_IRQ: u32 = 18;
+
+/// Whether a `KVM_REG_ARM_VENDOR_HYP_BMAP_2` value offers APF.
+pub fn offered(bmap2: u64) -> bool {
+    bmap2 & (1 << KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF) != 0
+}
+
+/// The `KVM_REG_ARM_VENDOR_HYP_BMAP_2` value that hides APF and keeps
+/// every other function as it was.
+pub fn hidden(bmap2: u64) -> u64 {
+    bmap2 & !(1 << KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF)
+}
+
+#[cfg(target_arch = "aarch64")]
+pub use kvm::*;
+
+#[cfg(target_arch = "aarch64")]
+mod kvm {
+    use super::*;
+    use crate::regs::KVM_REG_ARM_VENDOR_HYP_BMAP_2;
+    use kvm_bindings::kvm_device_attr;
+    use kvm_ioctls::VcpuFd;
+    use thiserror::Error;
+
+    /// Errors configuring APF.
+    #[derive(Debug, Error)]
+    pub enum ApfError {
+        /// Reading the firmware bitmap register failed.
+        #[error("reading KVM_REG_ARM_VENDOR_HYP_BMAP_2: {0}")]
+        GetBmap(kvm_ioctls::Error),
+        /// Writing it failed (-EBUSY after a vCPU ran).
+        #[error("writing KVM_REG_ARM_VENDOR_HYP_BMAP_2: {0}")]
+        SetBmap(kvm_ioctls::Error),
+        /// The write did not stick.
+        #[error("KVM_REG_ARM_VENDOR_HYP_BMAP_2 still offers APF after clearing bit 32 ({0:#x})")]
+        StillOffered(u64),
+        /// Setting the IRQ attribute failed.
+        #[error("setting KVM_ARM_VCPU_ASYNC_PF_IRQ to {intid} on vCPU {vcpu}: {source}")]
+        SetIrq {
+            /// vCPU index.
+            vcpu: u8,
+            /// Requested INTID.
+            intid: u32,
+            /// Cause.
+            source: kvm_ioctls::Error,
+        },
+    }
+
+    /// What the host offers, as read before the first run.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum HostApf {
+        /// The register does not exist: the host kernel has no APF.
+        Absent,
+        /// The register's value.
+        Bmap(u64),
+    }
+
+    fn read_bmap(vcpu: &VcpuFd) -> Result<HostApf, ApfError> {
+        let mut buf = [0u8; 8];
+        match vcpu.get_one_reg(KVM_REG_ARM_VENDOR_HYP_BMAP_2, &mut buf) {
+            Ok(_) => Ok(HostApf::Bmap(u64::from_le_bytes(buf))),
+            Err(e) if e.errno() == libc::ENOENT => Ok(HostApf::Absent),
+            Err(e) => Err(ApfError::GetBmap(e)),
+        }
+    }
+
+    /// Reads what the host offers without changing it.
+    pub fn probe(vcpu: &VcpuFd) -> Result<HostApf, ApfError> {
+        read_bmap(vcpu)
+    }
+
+    /// Hides APF from the guest. The firmware registers are VM-wide; this
+    /// must run before any vCPU of the VM has run. Returns the old value.
+    pub fn hide(vcpu: &VcpuFd) -> Result<HostApf, ApfError> {
+        let old = match read_bmap(vcpu)? {
+            HostApf::Absent => return Ok(HostApf::Absent),
+            HostApf::Bmap(v) => v,
+        };
+        vcpu.set_one_reg(KVM_REG_ARM_VENDOR_HYP_BMAP_2, &hidden(old).to_le_bytes())
+            .map_err(ApfError::SetBmap)?;
+        match read_bmap(vcpu)? {
+            HostApf::Bmap(now) if offered(now) => Err(ApfError::StillOffered(now)),
+            _ => Ok(HostApf::Bmap(old)),
+        }
+    }
+
+    /// Sets the PAGE_READY PPI of one vCPU. Returns `Ok(false)` if the host
+    /// kernel does not know the attribute (ENXIO: no APF support).
+    pub fn set_irq(vcpu: &VcpuFd, index: u8, intid: u32) -> Result<bool, ApfError> {
+        let value: u32 = intid;
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_ARM_VCPU_ASYNC_PF_CTRL,
+            attr: KVM_ARM_VCPU_ASYNC_PF_IRQ,
+            // KVM reads a u32 from this address during the ioctl; `value`
+            // outlives the call.
+            addr: &value as *const u32 as u64,
+        };
+        match vcpu.set_device_attr(&attr) {
+            Ok(()) => Ok(true),
+            Err(e) if e.errno() == libc::ENXIO => Ok(false),
+            Err(source) => Err(ApfError::SetIrq {
+                vcpu: index,
+                intid,
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hiding_clears_only_bit_32() {
+        let all = u64::MAX;
+        assert_eq!(hidden(all), all & !(1 << 32));
+        assert!(offered(1 << 32));
+        assert!(!offered(hidden(1 << 32)));
+        // Other vendor functions (bit 0 = function 64, bit 33 = function 97) stay.
+        assert_eq!(hidden((1 << 32) | (1 << 33) | 1), (1 << 33) | 1);
+        assert_eq!(hidden(0), 0);
+    }
+}

@@ -1,0 +1,171 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The 16550 UART on the MMIO bus, backed by vm-superio.
+//!
+//! Registers are one byte wide and one byte apart (`reg-shift` 0), so the
+//! MMIO offset is the register index. The interrupt is an eventfd that the
+//! VMM registers as an irqfd for the UART's SPI.
+
+use std::io::{self, Write};
+use std::sync::{Mutex, PoisonError};
+
+use thiserror::Error;
+use vm_superio::serial::NoEvents;
+use vm_superio::{Serial, Trigger};
+use vmm_sys_util::eventfd::EventFd;
+
+/// Number of 16550 registers.
+const REGISTER_COUNT: u64 = 8;
+
+/// Interrupt trigger writing to an eventfd (an irqfd on the VM).
+#[derive(Debug)]
+pub struct EventFdTrigger(EventFd);
+
+impl EventFdTrigger {
+    /// Wraps `evt`.
+    pub fn new(evt: EventFd) -> Self {
+        EventFdTrigger(evt)
+    }
+}
+
+impl Trigger for EventFdTrigger {
+    type E = io::Error;
+
+    fn trigger(&self) -> Result<(), io::Error> {
+        self.0.write(1)
+    }
+}
+
+/// Errors from guest accesses to the UART.
+#[derive(Debug, Error)]
+pub enum SerialError {
+    /// Output or interrupt injection failed.
+    #[error("serial: {0:?}")]
+    Device(vm_superio::serial::Error<io::Error>),
+}
+
+/// A 16550 UART at a fixed MMIO window, shared by all vCPU threads.
+pub struct SerialDevice<W: Write> {
+    inner: Mutex<Serial<EventFdTrigger, NoEvents, W>>,
+}
+
+impl<W: Write> SerialDevice<W> {
+    /// Creates the UART; `irq` is signalled whenever the interrupt line rises.
+    pub fn new(irq: EventFd, out: W) -> Self {
+        SerialDevice {
+            inner: Mutex::new(Serial::new(EventFdTrigger::new(irq), out)),
+        }
+    }
+
+    /// Guest read of `data.len()` bytes at `offset` in the window.
+    pub fn mmio_read(&self, offset: u64, data: &mut [u8]) {
+        data.fill(0);
+        let Some(first) = data.first_mut() else {
+            return;
+        };
+        if offset < REGISTER_COUNT {
+            let mut serial = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+            // offset < 8, the cast cannot truncate.
+            *first = serial.read(offset as u8);
+        }
+    }
+
+    /// Guest write of `data` at `offset` in the window. Only the first byte
+    /// of a wider access reaches the register; unknown offsets are ignored.
+    pub fn mmio_write(&self, offset: u64, data: &[u8]) -> Result<(), SerialError> {
+        let Some(&value) = data.first() else {
+            return Ok(());
+        };
+        if offset >= REGISTER_COUNT {
+            return Ok(());
+        }
+        let mut serial = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        serial
+            .write(offset as u8, value)
+            .map_err(SerialError::Device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    /// A writer the test can look into after the device took ownership.
+    #[derive(Clone, Default)]
+    struct SharedBuf(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for SharedBuf {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    const THR: u64 = 0;
+    const IER: u64 = 1;
+    const IIR: u64 = 2;
+    const LSR: u64 = 5;
+    const IER_THR_EMPTY: u8 = 0x02;
+
+    fn device() -> (SerialDevice<SharedBuf>, SharedBuf, EventFd) {
+        let evt = EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let out = SharedBuf::default();
+        let dev = SerialDevice::new(evt.try_clone().unwrap(), out.clone());
+        (dev, out, evt)
+    }
+
+    #[test]
+    fn transmit_reaches_writer() {
+        let (dev, out, _evt) = device();
+        for b in b"Booting Linux\n" {
+            dev.mmio_write(THR, &[*b]).unwrap();
+        }
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"Booting Linux\n");
+    }
+
+    #[test]
+    fn line_status_reports_transmitter_empty() {
+        let (dev, _out, _evt) = device();
+        let mut lsr = [0xffu8; 1];
+        dev.mmio_read(LSR, &mut lsr);
+        // THRE (bit 5) and TEMT (bit 6): the 8250 driver waits for these.
+        assert_eq!(lsr[0] & 0x60, 0x60);
+    }
+
+    #[test]
+    fn thr_empty_interrupt_signals_eventfd() {
+        let (dev, _out, evt) = device();
+        // Nothing pending yet.
+        assert!(evt.read().is_err());
+        dev.mmio_write(IER, &[IER_THR_EMPTY]).unwrap();
+        dev.mmio_write(THR, b"x").unwrap();
+        assert!(evt.read().unwrap() >= 1);
+        let mut iir = [0u8; 1];
+        dev.mmio_read(IIR, &mut iir);
+        // Interrupt pending (bit 0 clear), cause THR empty (0b001 << 1).
+        assert_eq!(iir[0] & 0x0f, 0x02);
+    }
+
+    #[test]
+    fn out_of_range_and_wide_accesses() {
+        let (dev, out, _evt) = device();
+        let mut data = [0xaau8; 4];
+        dev.mmio_read(0x100, &mut data);
+        assert_eq!(data, [0, 0, 0, 0]);
+        dev.mmio_write(0x100, b"z").unwrap();
+        dev.mmio_write(THR, &[]).unwrap();
+        assert!(out.0.lock().unwrap().is_empty());
+
+        // A 4-byte read of LSR returns the register in the low byte only.
+        dev.mmio_read(LSR, &mut data);
+        assert_eq!(data[0] & 0x60, 0x60);
+        assert_eq!(&data[1..], &[0, 0, 0]);
+        // A 4-byte write to THR transmits its low byte.
+        dev.mmio_write(THR, &[b'q', 1, 2, 3]).unwrap();
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"q");
+    }
+}

@@ -1,0 +1,586 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! userfaultfd memory mode: guest RAM pages are served late, as in
+//! post-copy migration or a lazy snapshot restore.
+//!
+//! Guest RAM is registered in MISSING mode. A handler thread reads fault
+//! events, waits `--uffd-latency-us`, and fills the page with UFFDIO_COPY
+//! from the source image (at the same offset as in guest RAM) or with zeros.
+//!
+//! This uses the raw userfaultfd ABI through libc: the `userfaultfd` crate
+//! builds its bindings with bindgen and a C compiler for the target, which
+//! is not available for aarch64-unknown-linux-musl here. The ioctl numbers
+//! use the generic Linux encoding, identical on arm64 and x86_64.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+
+/// `UFFD_API`.
+const UFFD_API: u64 = 0xaa;
+/// `UFFDIO_REGISTER_MODE_MISSING`.
+const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// `UFFD_EVENT_PAGEFAULT`.
+const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `_UFFDIO_COPY`: bit in `uffdio_register.ioctls`.
+const UFFDIO_COPY_NR: u64 = 0x03;
+
+const IOC_WRITE: u64 = 1;
+const IOC_READ: u64 = 2;
+
+/// Linux's generic `_IOC(dir, 0xAA, nr, size)`.
+const fn uffd_ioc(dir: u64, nr: u64, size: usize) -> u64 {
+    (dir << 30) | ((size as u64) << 16) | (UFFD_API << 8) | nr
+}
+
+/// `struct uffdio_api`.
+#[repr(C)]
+#[derive(Default)]
+struct UffdioApi {
+    api: u64,
+    features: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_range`.
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRange {
+    start: u64,
+    len: u64,
+}
+
+/// `struct uffdio_register`.
+#[repr(C)]
+#[derive(Default)]
+struct UffdioRegister {
+    range: UffdioRange,
+    mode: u64,
+    ioctls: u64,
+}
+
+/// `struct uffdio_copy`.
+#[repr(C)]
+#[derive(Default)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// `struct uffd_msg` (32 bytes). For a page fault, `arg[0]` is the fault
+/// flags and `arg[1]` the faulting address.
+#[repr(C)]
+#[derive(Clone, Copy, Default)]
+struct UffdMsg {
+    event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    arg: [u64; 3],
+}
+
+const UFFDIO_API: u64 = uffd_ioc(IOC_READ | IOC_WRITE, 0x3f, size_of::<UffdioApi>());
+const UFFDIO_REGISTER: u64 = uffd_ioc(IOC_READ | IOC_WRITE, 0x00, size_of::<UffdioRegister>());
+const UFFDIO_COPY: u64 = uffd_ioc(
+    IOC_READ | IOC_WRITE,
+    UFFDIO_COPY_NR,
+    size_of::<UffdioCopy>(),
+);
+
+/// userfaultfd errors.
+#[derive(Debug, Error)]
+pub enum UffdError {
+    /// The userfaultfd syscall failed.
+    #[error(
+        "userfaultfd(): {0} (needs CONFIG_USERFAULTFD and, for non-root, vm.unprivileged_userfaultfd=1)"
+    )]
+    Create(io::Error),
+    /// The API handshake failed.
+    #[error("UFFDIO_API: {0}")]
+    Api(io::Error),
+    /// Registering guest RAM failed.
+    #[error("UFFDIO_REGISTER of {len:#x} bytes at {start:#x}: {source}")]
+    Register {
+        /// Host address.
+        start: u64,
+        /// Length.
+        len: u64,
+        /// Cause.
+        source: io::Error,
+    },
+    /// The kernel does not offer UFFDIO_COPY on the range.
+    #[error("UFFDIO_COPY is not available on the registered range")]
+    NoCopy,
+    /// The range is not page aligned.
+    #[error("range {start:#x}+{len:#x} is not aligned to the {page_size} byte page size")]
+    Unaligned {
+        /// Host address.
+        start: u64,
+        /// Length.
+        len: u64,
+        /// Host page size.
+        page_size: u64,
+    },
+    /// Waiting for or reading fault events failed.
+    #[error("reading userfaultfd events: {0}")]
+    Read(io::Error),
+    /// Reading the source image failed.
+    #[error("reading the uffd source image at offset {offset:#x}: {source}")]
+    Source {
+        /// Offset in the image.
+        offset: u64,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Filling a page failed.
+    #[error("UFFDIO_COPY to {addr:#x}: {source}")]
+    Copy {
+        /// Host address of the page.
+        addr: u64,
+        /// Cause.
+        source: io::Error,
+    },
+    /// A fault outside the registered range (cannot happen with one range).
+    #[error("fault at {0:#x} outside the registered range")]
+    OutOfRange(u64),
+    /// The handler thread could not be started.
+    #[error("starting the userfaultfd handler thread: {0}")]
+    Spawn(io::Error),
+    /// The handler thread panicked.
+    #[error("the userfaultfd handler thread panicked")]
+    Panicked,
+}
+
+/// Counters kept by the handler.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UffdStats {
+    /// Page fault events received.
+    pub faults: u64,
+    /// Pages filled with UFFDIO_COPY.
+    pub pages_copied: u64,
+    /// Of those, pages with at least one byte from the source image.
+    pub from_source: u64,
+    /// Faults for pages that were already filled (EEXIST).
+    pub already_present: u64,
+}
+
+/// Host page size.
+pub fn host_page_size() -> u64 {
+    // SAFETY: sysconf has no memory safety requirements.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(ps).ok().filter(|p| *p > 0).unwrap_or(4096)
+}
+
+/// A userfaultfd with one registered range.
+pub struct Userfault {
+    fd: OwnedFd,
+    start: u64,
+    len: u64,
+    page_size: u64,
+}
+
+impl Userfault {
+    /// Creates a userfaultfd and registers `[start, start + len)` of this
+    /// process's address space in MISSING mode. The range must be mapped,
+    /// anonymous and page aligned.
+    pub fn register(start: *mut u8, len: u64) -> Result<Userfault, UffdError> {
+        let start = start as u64;
+        let page_size = host_page_size();
+        if start % page_size != 0 || len % page_size != 0 || len == 0 {
+            return Err(UffdError::Unaligned {
+                start,
+                len,
+                page_size,
+            });
+        }
+
+        // SAFETY: plain syscall with integer flags; the result is checked.
+        let raw =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        if raw < 0 {
+            return Err(UffdError::Create(io::Error::last_os_error()));
+        }
+        let raw =
+            i32::try_from(raw).map_err(|_| UffdError::Create(io::ErrorKind::InvalidData.into()))?;
+        // SAFETY: `raw` is a new descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+
+        let mut api = UffdioApi {
+            api: UFFD_API,
+            ..Default::default()
+        };
+        // SAFETY: `api` is a valid, writable uffdio_api for the duration of
+        // the call, which is what UFFDIO_API reads and writes.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_API as _, &mut api) };
+        if ret < 0 {
+            return Err(UffdError::Api(io::Error::last_os_error()));
+        }
+
+        let mut reg = UffdioRegister {
+            range: UffdioRange { start, len },
+            mode: UFFDIO_REGISTER_MODE_MISSING,
+            ioctls: 0,
+        };
+        // SAFETY: `reg` is a valid, writable uffdio_register for the call.
+        // Registering only changes how faults in the range are resolved.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) };
+        if ret < 0 {
+            return Err(UffdError::Register {
+                start,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        if reg.ioctls & (1 << UFFDIO_COPY_NR) == 0 {
+            return Err(UffdError::NoCopy);
+        }
+        Ok(Userfault {
+            fd,
+            start,
+            len,
+            page_size,
+        })
+    }
+
+    /// Starts the handler thread. `on_fatal` is called from that thread if
+    /// it has to give up; the fd is then closed, which lets blocked faults
+    /// complete with zero pages, so nothing stays stuck.
+    pub fn spawn_handler<F>(
+        self,
+        latency: Duration,
+        source: Option<File>,
+        on_fatal: F,
+    ) -> Result<UffdHandler, UffdError>
+    where
+        F: FnOnce(&UffdError) + Send + 'static,
+    {
+        let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(UffdError::Spawn)?;
+        let stop_thread = stop.try_clone().map_err(UffdError::Spawn)?;
+        let server = Server {
+            uffd: self,
+            latency,
+            source,
+            stats: UffdStats::default(),
+        };
+        let thread = thread::Builder::new()
+            .name("uffd".into())
+            .spawn(move || {
+                let result = server.run(&stop_thread);
+                if let Err(e) = &result {
+                    on_fatal(e);
+                }
+                result
+            })
+            .map_err(UffdError::Spawn)?;
+        Ok(UffdHandler { stop, thread })
+    }
+}
+
+/// The running handler thread.
+pub struct UffdHandler {
+    stop: EventFd,
+    thread: JoinHandle<Result<UffdStats, UffdError>>,
+}
+
+impl UffdHandler {
+    /// Stops the thread and returns its counters.
+    pub fn stop(self) -> Result<UffdStats, UffdError> {
+        // If the write fails the thread has already ended; join tells why.
+        let _ = self.stop.write(1);
+        self.thread.join().map_err(|_| UffdError::Panicked)?
+    }
+}
+
+struct Server {
+    uffd: Userfault,
+    latency: Duration,
+    source: Option<File>,
+    stats: UffdStats,
+}
+
+impl Server {
+    fn run(mut self, stop: &EventFd) -> Result<UffdStats, UffdError> {
+        let page_size = usize::try_from(self.uffd.page_size).unwrap_or(4096);
+        let mut page = vec![0u8; page_size];
+        let mut msgs = [UffdMsg::default(); 16];
+        loop {
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.uffd.fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: stop.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            // SAFETY: `fds` is a valid array of two pollfd for the call.
+            let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if ret < 0 {
+                let err = io::Error::last_os_error();
+                if err.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(UffdError::Read(err));
+            }
+            if fds[1].revents != 0 {
+                return Ok(self.stats);
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
+                return Err(UffdError::Read(io::ErrorKind::BrokenPipe.into()));
+            }
+            if fds[0].revents & libc::POLLIN == 0 {
+                continue;
+            }
+
+            // SAFETY: `msgs` is writable for its full size, and any byte
+            // pattern is a valid UffdMsg (plain integers).
+            let n = unsafe {
+                libc::read(
+                    self.uffd.fd.as_raw_fd(),
+                    msgs.as_mut_ptr().cast(),
+                    size_of_val(&msgs),
+                )
+            };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => continue,
+                    _ => return Err(UffdError::Read(err)),
+                }
+            }
+            let count = n as usize / size_of::<UffdMsg>();
+            for msg in &msgs[..count] {
+                if msg.event == UFFD_EVENT_PAGEFAULT {
+                    self.stats.faults += 1;
+                    self.serve(msg.arg[1], &mut page)?;
+                }
+            }
+        }
+    }
+
+    fn serve(&mut self, addr: u64, page: &mut [u8]) -> Result<(), UffdError> {
+        let ps = self.uffd.page_size;
+        let page_addr = addr & !(ps - 1);
+        let offset = page_addr
+            .checked_sub(self.uffd.start)
+            .filter(|o| *o < self.uffd.len)
+            .ok_or(UffdError::OutOfRange(addr))?;
+
+        if !self.latency.is_zero() {
+            thread::sleep(self.latency);
+        }
+
+        page.fill(0);
+        let mut from_source = false;
+        if let Some(src) = &self.source {
+            let mut done = 0;
+            while done < page.len() {
+                match src.read_at(&mut page[done..], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        done += n;
+                        from_source = true;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(source) => return Err(UffdError::Source { offset, source }),
+                }
+            }
+        }
+
+        let mut copied: u64 = 0;
+        while copied < ps {
+            let mut copy = UffdioCopy {
+                dst: page_addr + copied,
+                src: page.as_ptr() as u64 + copied,
+                len: ps - copied,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: `src` points into `page`, valid for `len` bytes; `dst`
+            // lies in the registered range, which the kernel checks. The
+            // struct is valid and writable for the call.
+            let ret = unsafe { libc::ioctl(self.uffd.fd.as_raw_fd(), UFFDIO_COPY as _, &mut copy) };
+            if ret == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Another fault on the same page was served first.
+                Some(libc::EEXIST) => {
+                    self.stats.already_present += 1;
+                    return Ok(());
+                }
+                // The mapping changed under us: retry the rest.
+                Some(libc::EAGAIN) if copy.copy > 0 => copied += copy.copy as u64,
+                Some(libc::EAGAIN) => {}
+                _ => {
+                    return Err(UffdError::Copy {
+                        addr: page_addr,
+                        source: err,
+                    });
+                }
+            }
+        }
+        self.stats.pages_copied += 1;
+        if from_source {
+            self.stats.from_source += 1;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    #[test]
+    fn abi_sizes_and_numbers() {
+        assert_eq!(size_of::<UffdioApi>(), 24);
+        assert_eq!(size_of::<UffdioRegister>(), 32);
+        assert_eq!(size_of::<UffdioCopy>(), 40);
+        assert_eq!(size_of::<UffdMsg>(), 32);
+        // Values of the macros in <linux/userfaultfd.h>.
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_COPY, 0xc028_aa03);
+    }
+
+    /// An anonymous private mapping, unmapped on drop.
+    struct Anon {
+        ptr: *mut u8,
+        len: usize,
+    }
+
+    impl Anon {
+        fn new(len: usize) -> Anon {
+            // SAFETY: anonymous mapping with no address hint; checked below.
+            let ptr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            assert_ne!(ptr, libc::MAP_FAILED);
+            Anon {
+                ptr: ptr.cast(),
+                len,
+            }
+        }
+
+        fn read_byte(&self, offset: usize) -> u8 {
+            assert!(offset < self.len);
+            // SAFETY: in bounds of the live mapping; volatile so that the
+            // access (and the fault it causes) really happens.
+            unsafe { std::ptr::read_volatile(self.ptr.add(offset)) }
+        }
+    }
+
+    impl Drop for Anon {
+        fn drop(&mut self) {
+            // SAFETY: unmapping exactly what `new` mapped.
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
+    }
+
+    fn temp_file(name: &str, data: &[u8]) -> (std::path::PathBuf, File) {
+        let path = std::env::temp_dir().join(format!("apf-vmm-uffd-{}-{name}", std::process::id()));
+        std::fs::write(&path, data).unwrap();
+        let f = File::open(&path).unwrap();
+        (path, f)
+    }
+
+    #[test]
+    fn rejects_unaligned_range() {
+        let mem = Anon::new(4 * 4096);
+        // SAFETY: one byte into a live mapping.
+        let odd = unsafe { mem.ptr.add(1) };
+        assert!(matches!(
+            Userfault::register(odd, 4096),
+            Err(UffdError::Unaligned { .. })
+        ));
+    }
+
+    #[test]
+    fn serves_pages_from_source_then_zeros() {
+        let ps = host_page_size() as usize;
+        let pages = 8;
+        let mem = Anon::new(ps * pages);
+
+        // 1.5 pages of a recognisable pattern.
+        let pattern: Vec<u8> = (0..ps + ps / 2).map(|i| (i % 251) as u8 + 1).collect();
+        let (path, src) = temp_file("src", &pattern);
+
+        let uffd = Userfault::register(mem.ptr, (ps * pages) as u64).expect("userfaultfd");
+        let fatal = Arc::new(Mutex::new(None));
+        let fatal2 = fatal.clone();
+        let handler = uffd
+            .spawn_handler(Duration::ZERO, Some(src), move |e| {
+                *fatal2.lock().unwrap() = Some(e.to_string());
+            })
+            .unwrap();
+
+        assert_eq!(mem.read_byte(0), pattern[0]);
+        assert_eq!(mem.read_byte(ps - 1), pattern[ps - 1]);
+        assert_eq!(mem.read_byte(ps + 7), pattern[ps + 7]);
+        assert_eq!(mem.read_byte(ps + ps / 2), 0, "past the end of the source");
+        assert_eq!(mem.read_byte(5 * ps + 3), 0);
+
+        let stats = handler.stop().unwrap();
+        assert!(fatal.lock().unwrap().is_none());
+        assert_eq!(stats.pages_copied, 3);
+        assert_eq!(stats.from_source, 2);
+        assert_eq!(stats.faults, 3);
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn latency_is_applied_per_page() {
+        let ps = host_page_size() as usize;
+        let mem = Anon::new(ps * 4);
+        let uffd = Userfault::register(mem.ptr, (ps * 4) as u64).expect("userfaultfd");
+        let handler = uffd
+            .spawn_handler(Duration::from_millis(30), None, |_| {})
+            .unwrap();
+        let t = Instant::now();
+        for p in 0..3 {
+            assert_eq!(mem.read_byte(p * ps), 0);
+        }
+        // Touching a served page again does not fault.
+        assert_eq!(mem.read_byte(0), 0);
+        let elapsed = t.elapsed();
+        let stats = handler.stop().unwrap();
+        assert!(
+            elapsed >= Duration::from_millis(90),
+            "took only {elapsed:?}"
+        );
+        assert_eq!(stats.pages_copied, 3);
+        assert_eq!(stats.from_source, 0);
+    }
+
+    #[test]
+    fn stop_without_faults() {
+        let ps = host_page_size() as usize;
+        let mem = Anon::new(ps);
+        let uffd = Userfault::register(mem.ptr, ps as u64).expect("userfaultfd");
+        let handler = uffd.spawn_handler(Duration::ZERO, None, |_| {}).unwrap();
+        assert_eq!(handler.stop().unwrap(), UffdStats::default());
+    }
+}

@@ -1,0 +1,193 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! vCPU initialisation and the per-vCPU run loop.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+
+use kvm_bindings::{
+    KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN, kvm_vcpu_init,
+};
+use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use thiserror::Error;
+
+use crate::bus::MmioBus;
+use crate::regs;
+
+/// Unhandled MMIO accesses reported before going quiet.
+const MAX_MMIO_WARNINGS: u32 = 10;
+
+/// vCPU setup errors.
+#[derive(Debug, Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("creating vCPU {index}: {source}")]
+    Create {
+        /// vCPU index.
+        index: u8,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_ARM_PREFERRED_TARGET failed.
+    #[error("KVM_ARM_PREFERRED_TARGET: {0}")]
+    PreferredTarget(kvm_ioctls::Error),
+    /// KVM_ARM_VCPU_INIT failed.
+    #[error("KVM_ARM_VCPU_INIT of vCPU {index}: {source}")]
+    Init {
+        /// vCPU index.
+        index: u8,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_SET_ONE_REG of a core register failed.
+    #[error("setting register {name} of the boot vCPU: {source}")]
+    SetReg {
+        /// Register name.
+        name: &'static str,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+}
+
+/// Creates vCPU `index` and runs KVM_ARM_VCPU_INIT with the host's
+/// preferred target and PSCI 0.2+; every vCPU but the first starts powered
+/// off and waits for PSCI CPU_ON.
+pub fn create(vm: &VmFd, index: u8) -> Result<VcpuFd, VcpuError> {
+    let vcpu = vm
+        .create_vcpu(u64::from(index))
+        .map_err(|source| VcpuError::Create { index, source })?;
+    let mut kvi = kvm_vcpu_init::default();
+    vm.get_preferred_target(&mut kvi)
+        .map_err(VcpuError::PreferredTarget)?;
+    kvi.features[0] |= 1 << KVM_ARM_VCPU_PSCI_0_2;
+    if index > 0 {
+        kvi.features[0] |= 1 << KVM_ARM_VCPU_POWER_OFF;
+    }
+    vcpu.vcpu_init(&kvi)
+        .map_err(|source| VcpuError::Init { index, source })?;
+    Ok(vcpu)
+}
+
+/// Sets the boot vCPU's entry state per the arm64 boot protocol: PC at the
+/// kernel, x0 = DTB address, EL1h with DAIF masked (x1..x3 are zero after
+/// KVM_ARM_VCPU_INIT).
+pub fn set_boot_regs(vcpu: &VcpuFd, pc: u64, dtb: u64) -> Result<(), VcpuError> {
+    for (name, id, value) in [
+        ("pstate", regs::PSTATE, regs::PSTATE_EL1H_DAIF_MASKED),
+        ("pc", regs::PC, pc),
+        ("x0", regs::X0, dtb),
+    ] {
+        vcpu.set_one_reg(id, &value.to_le_bytes())
+            .map_err(|source| VcpuError::SetReg { name, source })?;
+    }
+    Ok(())
+}
+
+/// Why a vCPU thread ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VcpuEnd {
+    /// PSCI SYSTEM_OFF.
+    Shutdown,
+    /// PSCI SYSTEM_RESET.
+    Reset,
+    /// PSCI SYSTEM_CRASH or a crash event.
+    Crash,
+    /// Asked to stop by the VMM.
+    Stopped,
+    /// KVM_RUN failed or returned an exit this VMM cannot handle.
+    Failed(String),
+}
+
+/// Runs one vCPU until it ends.
+pub struct Runner<W: Write> {
+    index: u8,
+    fd: VcpuFd,
+    bus: Arc<MmioBus<W>>,
+    stop: Arc<AtomicBool>,
+    mmio_warnings: Arc<AtomicU32>,
+}
+
+impl<W: Write> Runner<W> {
+    /// Prepares the loop; `stop` is checked whenever KVM_RUN returns.
+    pub fn new(
+        index: u8,
+        fd: VcpuFd,
+        bus: Arc<MmioBus<W>>,
+        stop: Arc<AtomicBool>,
+        mmio_warnings: Arc<AtomicU32>,
+    ) -> Self {
+        Runner {
+            index,
+            fd,
+            bus,
+            stop,
+            mmio_warnings,
+        }
+    }
+
+    fn warn_unhandled(&self, kind: &str, addr: u64, len: usize) {
+        let n = self.mmio_warnings.fetch_add(1, Ordering::Relaxed);
+        if n < MAX_MMIO_WARNINGS {
+            eprintln!(
+                "apf-vmm: vcpu{}: unhandled MMIO {kind} of {len} bytes at {addr:#x}{}",
+                self.index,
+                if n + 1 == MAX_MMIO_WARNINGS {
+                    " (further ones not reported)"
+                } else {
+                    ""
+                }
+            );
+        }
+    }
+
+    /// The run loop.
+    pub fn run(mut self) -> VcpuEnd {
+        let mut serial_error_reported = false;
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return VcpuEnd::Stopped;
+            }
+            let exit = match self.fd.run() {
+                Ok(exit) => exit,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    // Kicked by the VMM (or any other signal): re-check `stop`.
+                    continue;
+                }
+                Err(e) => return VcpuEnd::Failed(format!("KVM_RUN: {e}")),
+            };
+            match exit {
+                VcpuExit::MmioRead(addr, data) => {
+                    let len = data.len();
+                    if !self.bus.read(addr, data) {
+                        self.warn_unhandled("read", addr, len);
+                    }
+                }
+                VcpuExit::MmioWrite(addr, data) => {
+                    let len = data.len();
+                    match self.bus.write(addr, data) {
+                        Ok(true) => {}
+                        Ok(false) => self.warn_unhandled("write", addr, len),
+                        Err(e) => {
+                            if !serial_error_reported {
+                                eprintln!("apf-vmm: vcpu{}: {e}", self.index);
+                                serial_error_reported = true;
+                            }
+                        }
+                    }
+                }
+                VcpuExit::SystemEvent(kind, _) => match kind {
+                    KVM_SYSTEM_EVENT_SHUTDOWN => return VcpuEnd::Shutdown,
+                    KVM_SYSTEM_EVENT_RESET => return VcpuEnd::Reset,
+                    KVM_SYSTEM_EVENT_CRASH => return VcpuEnd::Crash,
+                    other => {
+                        return VcpuEnd::Failed(format!("unexpected system event {other}"));
+                    }
+                },
+                VcpuExit::Intr => {}
+                other => return VcpuEnd::Failed(format!("unexpected exit {other:?}")),
+            }
+        }
+    }
+}

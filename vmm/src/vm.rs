@@ -1,0 +1,380 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The KVM virtual machine: memory slot, vCPUs, vGIC, UART interrupt, APF
+//! configuration, and the threads that run it.
+
+use std::fs::File;
+use std::io::Stdout;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use kvm_bindings::kvm_userspace_memory_region;
+use kvm_ioctls::{DeviceFd, Kvm, VcpuFd, VmFd};
+use thiserror::Error;
+use vmm_sys_util::eventfd::EventFd;
+use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
+
+use crate::apf::{self, ApfError, HostApf};
+use crate::args::ApfMode;
+use crate::bus::MmioBus;
+use crate::gic::{self, GicError};
+use crate::layout::{Layout, SERIAL_SPI};
+use crate::memory::{self, GuestMem, MemoryError};
+use crate::stats::{self, Stat, StatsError};
+use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
+
+/// How long to keep kicking vCPU threads before giving up on joining them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Set by SIGINT/SIGTERM; polled by the main thread.
+static TERMINATE: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    TERMINATE.store(true, Ordering::Relaxed);
+}
+
+/// Does nothing: its only purpose is to make KVM_RUN return with EINTR.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+/// The signal used to kick vCPU threads out of KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    SIGRTMIN()
+}
+
+/// VM errors.
+#[derive(Debug, Error)]
+pub enum VmError {
+    /// /dev/kvm could not be opened.
+    #[error("opening /dev/kvm: {0}")]
+    Kvm(kvm_ioctls::Error),
+    /// KVM_CREATE_VM failed.
+    #[error("KVM_CREATE_VM: {0}")]
+    CreateVm(kvm_ioctls::Error),
+    /// Guest memory problem.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM_SET_USER_MEMORY_REGION failed.
+    #[error("KVM_SET_USER_MEMORY_REGION: {0}")]
+    MemorySlot(kvm_ioctls::Error),
+    /// vCPU setup failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// vGIC setup failed.
+    #[error(transparent)]
+    Gic(#[from] GicError),
+    /// APF setup failed.
+    #[error(transparent)]
+    Apf(#[from] ApfError),
+    /// KVM_IRQFD for the UART failed.
+    #[error("KVM_IRQFD for the UART: {0}")]
+    Irqfd(kvm_ioctls::Error),
+    /// Installing a signal handler failed.
+    #[error("installing signal handlers: {0}")]
+    Signal(vmm_sys_util::errno::Error),
+    /// A vCPU thread could not be started.
+    #[error("starting vCPU thread {index}: {source}")]
+    Spawn {
+        /// vCPU index.
+        index: u8,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+/// What the VM needs besides guest memory.
+pub struct VmConfig<'a> {
+    /// Number of vCPUs.
+    pub vcpus: u8,
+    /// Memory layout (entry point and DTB address).
+    pub layout: &'a Layout,
+    /// APF offered or hidden.
+    pub apf: ApfMode,
+    /// PAGE_READY PPI, if given.
+    pub apf_irq: Option<u32>,
+    /// Suppress informational messages.
+    pub quiet: bool,
+}
+
+/// Events the main thread waits for.
+#[derive(Debug)]
+pub enum VmEvent {
+    /// A vCPU thread ended.
+    Vcpu {
+        /// vCPU index.
+        index: u8,
+        /// Why.
+        end: VcpuEnd,
+    },
+    /// A helper (the userfaultfd handler) failed for good.
+    Fatal(String),
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunEnd {
+    /// The guest powered off.
+    Shutdown,
+    /// The guest asked for a reset, which ends the VM.
+    Reset,
+    /// The guest reported a crash.
+    Crash(u8),
+    /// A vCPU failed.
+    VcpuFailed(u8, String),
+    /// A helper thread failed.
+    Fatal(String),
+    /// SIGINT or SIGTERM.
+    Terminated,
+}
+
+/// The result of `Vm::run`.
+pub struct RunReport {
+    /// How it ended.
+    pub end: RunEnd,
+    /// Per-vCPU statistics, read after every vCPU stopped.
+    pub stats: Vec<Result<Vec<Stat>, StatsError>>,
+    /// False if a vCPU thread could not be stopped; it may still use guest
+    /// memory, which must then stay mapped until the process exits.
+    pub all_stopped: bool,
+}
+
+/// A configured VM that has not run yet.
+pub struct Vm {
+    // Field order is drop order: vCPUs and devices before the VM and /dev/kvm.
+    vcpus: Vec<VcpuFd>,
+    stats: Vec<Result<File, StatsError>>,
+    _serial_irq: EventFd,
+    _gic: DeviceFd,
+    _fd: VmFd,
+    _kvm: Kvm,
+}
+
+fn info(quiet: bool, msg: &str) {
+    if !quiet {
+        eprintln!("apf-vmm: {msg}");
+    }
+}
+
+impl Vm {
+    /// Creates the VM around `mem`, which must outlive it, loads nothing
+    /// (the caller has filled guest memory), and configures everything up
+    /// to the first KVM_RUN. `serial_irq` is registered as the UART's irqfd.
+    pub fn create(cfg: &VmConfig<'_>, mem: &GuestMem, serial_irq: EventFd) -> Result<Vm, VmError> {
+        let kvm = Kvm::new().map_err(VmError::Kvm)?;
+        let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+
+        let host = memory::host_base(mem, cfg.layout)?;
+        let region = kvm_userspace_memory_region {
+            slot: 0,
+            flags: 0,
+            guest_phys_addr: cfg.layout.ram.base,
+            memory_size: cfg.layout.ram.size,
+            userspace_addr: host as u64,
+        };
+        // SAFETY: the range is the guest RAM mapping owned by `mem`, which
+        // the caller keeps alive until after this VM is dropped (`Vm::run`
+        // consumes the VM; main drops guest memory only after that).
+        unsafe { vm.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
+
+        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
+        for index in 0..cfg.vcpus {
+            vcpus.push(vcpu::create(&vm, index)?);
+        }
+        let gic = gic::create(&vm)?;
+        let Some(boot) = vcpus.first() else {
+            return Err(VmError::Vcpu(VcpuError::Create {
+                index: 0,
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            }));
+        };
+        vcpu::set_boot_regs(boot, cfg.layout.kernel.base, cfg.layout.dtb.base)?;
+
+        configure_apf(cfg, &vcpus)?;
+
+        vm.register_irqfd(&serial_irq, SERIAL_SPI)
+            .map_err(VmError::Irqfd)?;
+
+        let stats = vcpus.iter().map(stats::open_stats_fd).collect();
+
+        Ok(Vm {
+            vcpus,
+            stats,
+            _serial_irq: serial_irq,
+            _gic: gic,
+            _fd: vm,
+            _kvm: kvm,
+        })
+    }
+
+    /// Runs the VM until the guest powers off, resets or fails, or the VMM
+    /// is told to stop, then stops every vCPU and reads their statistics.
+    pub fn run(
+        self,
+        bus: Arc<MmioBus<Stdout>>,
+        events: Sender<VmEvent>,
+        rx: Receiver<VmEvent>,
+    ) -> Result<RunReport, VmError> {
+        register_signal_handler(kick_signal(), on_kick).map_err(VmError::Signal)?;
+        register_signal_handler(libc::SIGINT, on_terminate).map_err(VmError::Signal)?;
+        register_signal_handler(libc::SIGTERM, on_terminate).map_err(VmError::Signal)?;
+
+        let Vm {
+            vcpus,
+            stats,
+            _serial_irq,
+            _gic,
+            _fd,
+            _kvm,
+        } = self;
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let warnings = Arc::new(AtomicU32::new(0));
+        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+        for (index, fd) in (0u8..).zip(vcpus) {
+            let runner = Runner::new(index, fd, bus.clone(), stop.clone(), warnings.clone());
+            let tx = events.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("vcpu{index}"))
+                .spawn(move || {
+                    let end = runner.run();
+                    // The receiver only goes away when the VMM is exiting.
+                    let _ = tx.send(VmEvent::Vcpu { index, end });
+                });
+            match spawned {
+                Ok(handle) => threads.push(handle),
+                Err(source) => {
+                    if !stop_threads(&stop, &threads) {
+                        // Threads that are still running keep their VcpuFd and thus
+                        // the VM alive; exit rather than unmap memory under them.
+                        eprintln!("apf-vmm: error: starting vCPU thread {index}: {source}");
+                        std::process::exit(1);
+                    }
+                    return Err(VmError::Spawn { index, source });
+                }
+            }
+        }
+        drop(events);
+
+        let end = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(VmEvent::Vcpu { index, end }) => match end {
+                    VcpuEnd::Shutdown => break RunEnd::Shutdown,
+                    VcpuEnd::Reset => break RunEnd::Reset,
+                    VcpuEnd::Crash => break RunEnd::Crash(index),
+                    VcpuEnd::Failed(why) => break RunEnd::VcpuFailed(index, why),
+                    // Nobody asked it to stop yet; cannot happen, but harmless.
+                    VcpuEnd::Stopped => continue,
+                },
+                Ok(VmEvent::Fatal(why)) => break RunEnd::Fatal(why),
+                Err(RecvTimeoutError::Timeout) => {
+                    if TERMINATE.load(Ordering::Relaxed) {
+                        break RunEnd::Terminated;
+                    }
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    break RunEnd::Fatal("all vCPU threads vanished".into());
+                }
+            }
+        };
+
+        let all_stopped = stop_threads(&stop, &threads);
+        for (index, t) in threads.into_iter().enumerate() {
+            if t.is_finished() && t.join().is_err() {
+                eprintln!("apf-vmm: vcpu{index} thread panicked");
+            }
+        }
+        // Other vCPUs may have failed at the same time; report them too.
+        for event in rx.try_iter() {
+            if let VmEvent::Vcpu {
+                index,
+                end: VcpuEnd::Failed(why),
+            } = event
+            {
+                eprintln!("apf-vmm: vcpu{index}: {why}");
+            }
+        }
+
+        let stats = stats
+            .into_iter()
+            .map(|f| f.and_then(|f| stats::read_stats(&f)))
+            .collect();
+        Ok(RunReport {
+            end,
+            stats,
+            all_stopped,
+        })
+    }
+}
+
+/// Sets `stop` and signals every thread until all have left KVM_RUN.
+/// Returns false if some thread did not finish in time.
+fn stop_threads(stop: &AtomicBool, threads: &[JoinHandle<()>]) -> bool {
+    stop.store(true, Ordering::Release);
+    let deadline = Instant::now() + STOP_TIMEOUT;
+    let mut all = true;
+    for (index, t) in threads.iter().enumerate() {
+        while !t.is_finished() {
+            if Instant::now() > deadline {
+                eprintln!("apf-vmm: warning: vcpu{index} did not stop");
+                all = false;
+                break;
+            }
+            // A thread that is not in KVM_RUN yet sees `stop` before
+            // entering it; one inside is interrupted. Repeat to close the
+            // window between the check and the ioctl.
+            if let Err(e) = t.kill(kick_signal()) {
+                eprintln!("apf-vmm: warning: signalling vcpu{index}: {e}");
+                all = false;
+                break;
+            }
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    all
+}
+
+fn configure_apf(cfg: &VmConfig<'_>, vcpus: &[VcpuFd]) -> Result<(), VmError> {
+    let Some(boot) = vcpus.first() else {
+        return Ok(());
+    };
+    match cfg.apf {
+        ApfMode::Hidden => match apf::hide(boot)? {
+            HostApf::Absent => info(
+                cfg.quiet,
+                "host has no KVM_REG_ARM_VENDOR_HYP_BMAP_2: APF is not offered anyway",
+            ),
+            HostApf::Bmap(old) => info(
+                cfg.quiet,
+                &format!(
+                    "APF hidden from the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
+                    apf::hidden(old)
+                ),
+            ),
+        },
+        ApfMode::On => match apf::probe(boot)? {
+            HostApf::Bmap(v) if apf::offered(v) => {
+                info(cfg.quiet, "APF offered to the guest");
+            }
+            HostApf::Bmap(v) => eprintln!(
+                "apf-vmm: warning: host does not offer APF (KVM_REG_ARM_VENDOR_HYP_BMAP_2 = {v:#x})"
+            ),
+            HostApf::Absent => eprintln!(
+                "apf-vmm: warning: host kernel has no APF (no KVM_REG_ARM_VENDOR_HYP_BMAP_2)"
+            ),
+        },
+    }
+
+    if let Some(intid) = cfg.apf_irq {
+        for (index, fd) in (0u8..).zip(vcpus) {
+            if !apf::set_irq(fd, index, intid)? {
+                eprintln!(
+                    "apf-vmm: warning: host kernel has no KVM_ARM_VCPU_ASYNC_PF_CTRL (ENXIO); --apf-irq ignored"
+                );
+                break;
+            }
+        }
+    }
+    Ok(())
+}
