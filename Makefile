@@ -6,10 +6,10 @@ export B
 S := scripts
 
 # Lists of tests run inside the emulated host, in order.
-TEST_LISTS := $(wildcard tests/apf.list) tests/regression.list
+TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/regression.list
 RUN_LISTS := $(or $(wildcard tests/apf.list),tests/regression.list)
 
-.PHONY: all deps tree config kernel selftests test run check series refresh clean help
+.PHONY: all deps tree config kernel selftests guest vmm-test test run check series refresh clean help
 
 all: kernel
 
@@ -39,10 +39,18 @@ kernel: config
 selftests: kernel
 	@$(S)/selftests.sh
 
-test: selftests
+# The VMM (vmm/) and the guest's kernel and initramfs, for the emulated host.
+guest: kernel
+	@$(S)/guest.sh
+
+# The VMM's own unit tests, on the build machine.
+vmm-test: deps
+	@cd vmm && cargo test --locked
+
+test: selftests guest vmm-test
 	@$(S)/boot.sh test $(TEST_LISTS)
 
-run: selftests
+run: selftests guest
 	@$(S)/boot.sh run verbose $(RUN_LISTS)
 
 check: config
@@ -56,3 +64,4 @@ refresh:
 
 clean:
 	rm -rf $(B)/kbuild $(B)/selftests $(B)/selftests-gen $(B)/initramfs.d $(B)/*.cpio out
+	rm -rf $(B)/initramfs-extra $(B)/guest-initramfs.d vmm/target

@@ -21,8 +21,7 @@ while read -r _name _tmo cmd _args; do
 		aarch64-linux-gnu-strip -o "$stage$cmd" "$src" ;;
 	esac
 done <"$stage/etc/tests.list"
-for extra in "$B"/initramfs-extra/*; do
-	[ -e "$extra" ] && cp -a "$extra" "$stage/bin/"
-done
+# The VMM and the guest's kernel and initramfs (scripts/guest.sh).
+[ -d "$B/initramfs-extra" ] && cp -a "$B/initramfs-extra/." "$stage/"
 (cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$out.tmp"
 mv "$out.tmp" "$out"

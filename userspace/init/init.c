@@ -4,7 +4,12 @@
  * line of /etc/tests.list under a timeout, report each result on the
  * console in a form scripts/report.py parses, then power off.
  *
- * A line of tests.list is "NAME TIMEOUT_SECONDS COMMAND [ARGS...]".
+ * A line of tests.list is "NAME TIMEOUT_SECONDS COMMAND [ARGS...]"; an
+ * argument in double quotes may contain spaces.
+ *
+ * The same init runs in guests booted from the emulated host, whose
+ * console ends up in the host's: /etc/marker, if present, names them
+ * ("@@guest START ...") so that the host's reports are not confused.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -22,11 +27,13 @@
 
 #define MAX_ARGS 32
 
+static char tag[32];
+
 static void mnt(const char *src, const char *dst, const char *type)
 {
 	mkdir(dst, 0755);
 	if (mount(src, dst, type, 0, NULL) && errno != EBUSY)
-		printf("@@ WARN mount %s on %s: %s\n", type, dst, strerror(errno));
+		printf("@@%s WARN mount %s on %s: %s\n", tag, type, dst, strerror(errno));
 }
 
 static double now(void)
@@ -48,7 +55,7 @@ static void run_one(const char *name, int timeout, char **argv)
 
 	sigemptyset(&chld);
 	sigaddset(&chld, SIGCHLD);
-	printf("@@ START %s\n", name);
+	printf("@@%s START %s\n", tag, name);
 	fflush(stdout);
 
 	pid = fork();
@@ -56,11 +63,11 @@ static void run_one(const char *name, int timeout, char **argv)
 		sigprocmask(SIG_UNBLOCK, &chld, NULL);
 		setpgid(0, 0);
 		execvp(argv[0], argv);
-		printf("@@ exec %s: %s\n", argv[0], strerror(errno));
+		printf("@@%s exec %s: %s\n", tag, argv[0], strerror(errno));
 		_exit(127);
 	}
 	if (pid < 0) {
-		printf("@@ END %s fork-failed 0\n", name);
+		printf("@@%s END %s fork-failed 0\n", tag, name);
 		return;
 	}
 	for (;;) {
@@ -70,7 +77,7 @@ static void run_one(const char *name, int timeout, char **argv)
 			kill(-pid, SIGKILL);
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
-			printf("@@ END %s timeout %d\n", name, timeout);
+			printf("@@%s END %s timeout %d\n", tag, name, timeout);
 			fflush(stdout);
 			return;
 		}
@@ -85,9 +92,11 @@ static void run_one(const char *name, int timeout, char **argv)
 	while (waitpid(-1, NULL, WNOHANG) > 0)
 		;
 	if (WIFEXITED(status))
-		printf("@@ END %s exit %d %.0f\n", name, WEXITSTATUS(status), now() - start);
+		printf("@@%s END %s exit %d %.0f\n", tag, name, WEXITSTATUS(status),
+		       now() - start);
 	else
-		printf("@@ END %s signal %d %.0f\n", name, WTERMSIG(status), now() - start);
+		printf("@@%s END %s signal %d %.0f\n", tag, name, WTERMSIG(status),
+		       now() - start);
 	fflush(stdout);
 }
 
@@ -96,6 +105,13 @@ int main(void)
 	char line[1024], *argv[MAX_ARGS + 1];
 	sigset_t chld;
 	FILE *list;
+
+	list = fopen("/etc/marker", "r");
+	if (list) {
+		if (fscanf(list, "%31s", tag) != 1)
+			tag[0] = 0;
+		fclose(list);
+	}
 
 	mnt("proc", "/proc", "proc");
 	mnt("sysfs", "/sys", "sysfs");
@@ -113,9 +129,9 @@ int main(void)
 
 	list = fopen("/etc/tests.list", "r");
 	if (!list) {
-		printf("@@ ERROR /etc/tests.list: %s\n", strerror(errno));
+		printf("@@%s ERROR /etc/tests.list: %s\n", tag, strerror(errno));
 	} else {
-		printf("@@ BEGIN\n");
+		printf("@@%s BEGIN\n", tag);
 		while (fgets(line, sizeof(line), list)) {
 			char *name, *tmo, *save = NULL;
 			int argc = 0;
@@ -125,18 +141,26 @@ int main(void)
 			if (!name || name[0] == '#')
 				continue;
 			tmo = strtok_r(NULL, " \t", &save);
-			while (argc < MAX_ARGS && (argv[argc] = strtok_r(NULL, " \t", &save)))
+			while (argc < MAX_ARGS && save && *save) {
+				save += strspn(save, " \t");
+				if (*save == '"')
+					argv[argc] = strtok_r(save + 1, "\"", &save);
+				else
+					argv[argc] = strtok_r(NULL, " \t", &save);
+				if (!argv[argc])
+					break;
 				argc++;
+			}
 			argv[argc] = NULL;
 			if (!tmo || !argc) {
-				printf("@@ END %s bad-line 0\n", name);
+				printf("@@%s END %s bad-line 0\n", tag, name);
 				continue;
 			}
 			run_one(name, atoi(tmo), argv);
 		}
 		fclose(list);
 	}
-	printf("@@ DONE\n");
+	printf("@@%s DONE\n", tag);
 	fflush(stdout);
 	sync();
 	reboot(RB_POWER_OFF);
