@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use crate::apf::KVM_ASYNC_PF_DEFAULT_IRQ;
 use crate::layout::{
-    MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB, PPI_BASE_INTID, SPI_BASE_INTID, reserved_ppi_intids,
+    reserved_ppi_intids, MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB, PPI_BASE_INTID, SPI_BASE_INTID,
 };
 
 /// Command line used when `--cmdline` is not given.

@@ -6,8 +6,8 @@ use thiserror::Error;
 use vm_fdt::FdtWriter;
 
 use crate::layout::{
-    DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, Region, SERIAL_BASE, SERIAL_SIZE, SERIAL_SPI,
-    TIMER_PPIS, gicr_size,
+    gicr_size, Region, DTB_MAX_SIZE, GICD_BASE, GICD_SIZE, GICR_BASE, SERIAL_BASE, SERIAL_SIZE,
+    SERIAL_SPI, TIMER_PPIS,
 };
 
 /// Phandle of the GIC, the root's interrupt parent.
@@ -175,8 +175,8 @@ fn add_serial(fdt: &mut FdtWriter) -> Result<(), FdtError> {
 mod tests {
     use super::*;
     use crate::layout::{MIB, PPI_BASE_INTID, RAM_START, SPI_BASE_INTID};
-    use fdt::Fdt;
     use fdt::node::FdtNode;
+    use fdt::Fdt;
 
     fn be32s(bytes: &[u8]) -> Vec<u32> {
         assert_eq!(bytes.len() % 4, 0, "property is not a list of cells");

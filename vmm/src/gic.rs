@@ -3,14 +3,14 @@
 //! In-kernel GICv3 (KVM_DEV_TYPE_ARM_VGIC_V3).
 
 use kvm_bindings::{
+    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
     KVM_DEV_ARM_VGIC_CTRL_INIT, KVM_DEV_ARM_VGIC_GRP_ADDR, KVM_DEV_ARM_VGIC_GRP_CTRL,
     KVM_DEV_ARM_VGIC_GRP_NR_IRQS, KVM_VGIC_V3_ADDR_TYPE_DIST, KVM_VGIC_V3_ADDR_TYPE_REDIST,
-    kvm_create_device, kvm_device_attr, kvm_device_type_KVM_DEV_TYPE_ARM_VGIC_V3,
 };
 use kvm_ioctls::{DeviceFd, VmFd};
 use thiserror::Error;
 
-use crate::layout::{GIC_NR_IRQS, GICD_BASE, GICR_BASE};
+use crate::layout::{GICD_BASE, GICR_BASE, GIC_NR_IRQS};
 
 /// vGIC errors.
 #[derive(Debug, Error)]

@@ -448,10 +448,9 @@ mod tests {
         let mut r = reserved_ppi_intids();
         r.sort_unstable();
         assert_eq!(r, [23, 25, 26, 27, 28, 29, 30]);
-        assert!(
-            r.iter()
-                .all(|i| (PPI_BASE_INTID..SPI_BASE_INTID).contains(i))
-        );
+        assert!(r
+            .iter()
+            .all(|i| (PPI_BASE_INTID..SPI_BASE_INTID).contains(i)));
     }
 
     #[test]

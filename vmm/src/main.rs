@@ -154,7 +154,7 @@ fn enter_cgroup(limit_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
 
 #[cfg(target_arch = "aarch64")]
 fn run(p: Prepared) -> Result<u8, Error> {
-    use std::sync::{Arc, mpsc};
+    use std::sync::{mpsc, Arc};
     use std::time::Duration;
 
     use vmm_sys_util::eventfd::EventFd;

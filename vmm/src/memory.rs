@@ -133,8 +133,8 @@ pub fn load_dtb(mem: &GuestMem, dtb: &[u8], region: Region) -> Result<(), Memory
 /// text_offset` and checks that it landed where the layout says.
 #[cfg(target_arch = "aarch64")]
 pub fn load_kernel(mem: &GuestMem, path: &Path, layout: &Layout) -> Result<(), MemoryError> {
-    use linux_loader::loader::KernelLoader;
     use linux_loader::loader::pe::PE;
+    use linux_loader::loader::KernelLoader;
 
     let mut file = File::open(path).map_err(|source| MemoryError::Open {
         path: path.to_path_buf(),
