@@ -282,6 +282,14 @@ impl<'a> Apf<'a> {
                     self.disable();
                     return Ok(());
                 }
+                // A guest that cannot see the service must get no event.
+                if !self
+                    .vcpu
+                    .kvm()
+                    .vendor_hyp_func_visible(bindings::ARM_SMCCC_KVM_FUNC_ASYNC_PF)
+                {
+                    return Err(EINVAL);
+                }
                 self.enable(Gpa::new(val & !(BLOCK_ALIGN - 1)))
             }
             _ => Err(ENXIO),

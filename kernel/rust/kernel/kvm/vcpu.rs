@@ -39,6 +39,23 @@ impl Kvm {
         ret
     }
 
+    /// Returns whether the VMM left KVM vendor hypervisor service function
+    /// `func` (64..=127) visible to the guest, in the firmware
+    /// pseudo-register `KVM_REG_ARM_VENDOR_HYP_BMAP_2`.
+    pub fn vendor_hyp_func_visible(&self, func: u32) -> bool {
+        if !(64..128).contains(&func) {
+            return false;
+        }
+        // SAFETY: By the type invariant the `struct kvm` is valid. The VMM
+        // may write the bitmap concurrently, so read it once, volatile.
+        let bmap = unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!(
+                (*self.as_raw()).arch.smccc_feat.vendor_hyp_bmap_2
+            ))
+        };
+        (bmap as u64) & (1 << (func - 64)) != 0
+    }
+
     /// Returns whether the VM has an in-kernel interrupt controller.
     pub fn has_irqchip(&self) -> bool {
         // SAFETY: By the type invariant the `struct kvm` is valid.

@@ -1426,7 +1426,7 @@ static void check_apf_attrs(struct kvm_vcpu *vcpu, uint32_t irq, uint64_t block)
 static void test_migration(void)
 {
 	struct kvm_vcpu *vcpu;
-	uint64_t blk0, blk1;
+	uint64_t blk0, blk1, bmap;
 	struct apf_vm t;
 	struct ucall uc;
 
@@ -1458,6 +1458,16 @@ static void test_migration(void)
 	assert_apf_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_BLOCK,
 			RO_GPA | KVM_ASYNC_PF_ENABLED, EFAULT);
 	check_apf_attrs(vcpu, MIGRATION_IRQ, 0);
+
+	/* No registration behind the back of a guest that cannot see APF */
+	vcpu_get_reg(vcpu, KVM_REG_ARM_VENDOR_HYP_BMAP_2, &bmap);
+	vcpu_set_reg(vcpu, KVM_REG_ARM_VENDOR_HYP_BMAP_2,
+		     bmap & ~BIT(KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF));
+	assert_apf_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_BLOCK,
+			blk0 | KVM_ASYNC_PF_ENABLED, EINVAL);
+	assert_apf_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_BLOCK, 0, 0);
+	check_apf_attrs(vcpu, MIGRATION_IRQ, 0);
+	vcpu_set_reg(vcpu, KVM_REG_ARM_VENDOR_HYP_BMAP_2, bmap);
 
 	/* Round trips, ending with blk0 registered (blk1's wake-all is dropped) */
 	assert_apf_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_BLOCK,
