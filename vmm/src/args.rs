@@ -26,6 +26,11 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 512;
 /// Largest accepted `--uffd-latency-us` (one second).
 pub const MAX_UFFD_LATENCY_US: u64 = 1_000_000;
+/// Smallest non-zero `--uffd-evict-ms`: below this the guest would do
+/// little but fault its pages back in.
+pub const MIN_UFFD_EVICT_MS: u64 = 10;
+/// Largest accepted `--uffd-evict-ms` (ten minutes).
+pub const MAX_UFFD_EVICT_MS: u64 = 600_000;
 /// Smallest accepted `--cgroup-limit`: below this the VMM itself cannot run.
 pub const MIN_CGROUP_LIMIT_MIB: u64 = 16;
 /// Largest accepted `--cgroup-limit` (1 TiB), so that the byte count fits.
@@ -60,6 +65,9 @@ pub struct UffdOptions {
     pub latency_us: u64,
     /// File whose content is served (offset = guest RAM offset); zeros if absent.
     pub source: Option<PathBuf>,
+    /// Interval, in milliseconds, of the evictor that drops every
+    /// populated page again; 0 turns it off.
+    pub evict_ms: u64,
 }
 
 /// Everything the VMM needs to know from its command line.
@@ -158,6 +166,9 @@ Options:
   --mem-mode MODE         plain | uffd | cgroup (default: plain)
   --uffd-latency-us N     uffd: delay before each page is served, 0..{MAX_UFFD_LATENCY_US} (default: 0)
   --uffd-source PATH      uffd: serve pages from this file (default: zero-fill)
+  --uffd-evict-ms N       uffd: every N ms pause the vCPUs and drop every populated
+                          page (its content is kept and served again); 0 (default)
+                          or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}
   --cgroup-limit MIB      cgroup: memory.max of the VMM's cgroup, {MIN_CGROUP_LIMIT_MIB}..{MAX_CGROUP_LIMIT_MIB} (required)
   --apf on|hidden         offer asynchronous page faults or hide them (default: on)
   --apf-irq INTID         PPI for APF PAGE_READY, 16..31 except 23 and 25..30
@@ -182,6 +193,7 @@ enum Opt {
     MemMode,
     UffdLatency,
     UffdSource,
+    UffdEvict,
     CgroupLimit,
     Apf,
     ApfIrq,
@@ -198,6 +210,7 @@ impl Opt {
             Opt::MemMode => "--mem-mode",
             Opt::UffdLatency => "--uffd-latency-us",
             Opt::UffdSource => "--uffd-source",
+            Opt::UffdEvict => "--uffd-evict-ms",
             Opt::CgroupLimit => "--cgroup-limit",
             Opt::Apf => "--apf",
             Opt::ApfIrq => "--apf-irq",
@@ -205,7 +218,7 @@ impl Opt {
     }
 
     fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 11] = [
+        const ALL: [Opt; 12] = [
             Opt::Kernel,
             Opt::Initrd,
             Opt::Cmdline,
@@ -214,6 +227,7 @@ impl Opt {
             Opt::MemMode,
             Opt::UffdLatency,
             Opt::UffdSource,
+            Opt::UffdEvict,
             Opt::CgroupLimit,
             Opt::Apf,
             Opt::ApfIrq,
@@ -233,6 +247,7 @@ struct Raw {
     mem_mode: Option<MemMode>,
     uffd_latency_us: Option<u64>,
     uffd_source: Option<PathBuf>,
+    uffd_evict_ms: Option<u64>,
     cgroup_limit_mib: Option<u64>,
     apf: Option<ApfMode>,
     apf_irq: Option<u32>,
@@ -304,6 +319,17 @@ fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
         Opt::UffdLatency => {
             let n = number(opt, value, 0, MAX_UFFD_LATENCY_US)?;
             set_once(&mut raw.uffd_latency_us, opt, n)
+        }
+        Opt::UffdEvict => {
+            let n = number(opt, value, 0, MAX_UFFD_EVICT_MS)?;
+            if n != 0 && n < MIN_UFFD_EVICT_MS {
+                return Err(invalid(
+                    opt,
+                    &n.to_string(),
+                    format!("must be 0 (off) or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}"),
+                ));
+            }
+            set_once(&mut raw.uffd_evict_ms, opt, n)
         }
         Opt::CgroupLimit => {
             let n = number(opt, value, MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_LIMIT_MIB)?;
@@ -430,6 +456,12 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
                 mode: "uffd",
             });
         }
+        if raw.uffd_evict_ms.is_some() {
+            return Err(ArgsError::WrongMode {
+                option: Opt::UffdEvict.name(),
+                mode: "uffd",
+            });
+        }
     }
     match (mem_mode, raw.cgroup_limit_mib) {
         (MemMode::Cgroup, None) => return Err(ArgsError::MissingCgroupLimit),
@@ -454,6 +486,7 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         uffd: UffdOptions {
             latency_us: raw.uffd_latency_us.unwrap_or(0),
             source: raw.uffd_source,
+            evict_ms: raw.uffd_evict_ms.unwrap_or(0),
         },
         cgroup_limit_mib: raw.cgroup_limit_mib,
         apf: raw.apf.unwrap_or(ApfMode::On),
@@ -702,6 +735,44 @@ mod tests {
             "1000000",
         ]);
         assert_eq!(a.uffd.latency_us, 1_000_000);
+    }
+
+    #[test]
+    fn uffd_evict_range() {
+        let base = ["--kernel", "k", "--mem-mode", "uffd", "--uffd-evict-ms"];
+        for bad in ["1", "9", "600001", "-5", "1.5", ""] {
+            let mut v = base.to_vec();
+            v.push(bad);
+            assert_eq!(invalid_option(err(&v)), "--uffd-evict-ms", "{bad}");
+        }
+        for (good, want) in [("0", 0), ("10", 10), ("1500", 1500), ("600000", 600_000)] {
+            let mut v = base.to_vec();
+            v.push(good);
+            assert_eq!(run_args(&v).uffd.evict_ms, want);
+        }
+        assert_eq!(
+            run_args(&["--kernel", "k", "--mem-mode", "uffd"])
+                .uffd
+                .evict_ms,
+            0
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--uffd-evict-ms", "100"]),
+            ArgsError::WrongMode {
+                option: "--uffd-evict-ms",
+                mode: "uffd"
+            }
+        );
+        assert_eq!(
+            err(&[
+                "--kernel",
+                "k",
+                "--mem-mode=uffd",
+                "--uffd-evict-ms=100",
+                "--uffd-evict-ms=200"
+            ]),
+            ArgsError::Duplicate("--uffd-evict-ms")
+        );
     }
 
     #[test]

@@ -19,13 +19,18 @@ mod apf;
 mod args;
 mod bus;
 mod cgroup;
+mod evict;
 mod fdt;
 mod image;
 mod layout;
 mod memory;
+mod pagestore;
+mod pause;
 mod regs;
 mod serial;
 mod stats;
+#[cfg(test)]
+mod testutil;
 mod uffd;
 
 #[cfg(target_arch = "aarch64")]
@@ -46,6 +51,7 @@ use fdt::FdtError;
 use image::{ImageError, KernelInfo};
 use layout::{Layout, LayoutError, MIB};
 use memory::MemoryError;
+use pagestore::PageStoreError;
 use uffd::UffdError;
 
 /// Exit status for bad arguments or unusable input files.
@@ -68,6 +74,8 @@ enum Error {
     Memory(#[from] MemoryError),
     #[error(transparent)]
     Uffd(#[from] UffdError),
+    #[error(transparent)]
+    PageStore(#[from] PageStoreError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error("creating the UART interrupt eventfd: {0}")]
@@ -154,13 +162,13 @@ fn enter_cgroup(limit_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
 
 #[cfg(target_arch = "aarch64")]
 fn run(p: Prepared) -> Result<u8, Error> {
-    use std::sync::{mpsc, Arc};
+    use std::sync::{mpsc, Arc, Mutex};
     use std::time::Duration;
 
     use vmm_sys_util::eventfd::EventFd;
 
     use args::MemMode;
-    use vm::{RunEnd, Vm, VmConfig, VmEvent};
+    use vm::{EvictSetup, RunEnd, Vm, VmConfig, VmEvent};
 
     let Prepared {
         args,
@@ -186,18 +194,32 @@ fn run(p: Prepared) -> Result<u8, Error> {
     let (tx, rx) = mpsc::channel::<VmEvent>();
 
     // Registered after loading, so the images are already present and only
-    // the pages the guest touches later go through the handler.
+    // the pages the guest touches later go through the handler (until an
+    // eviction drops them too).
+    let mut evict = None;
     let uffd = if args.mem_mode == MemMode::Uffd {
         let base = memory::host_base(&mem, &layout)?;
+        // SAFETY: guest RAM stays mapped until after the handler and the
+        // evictor are stopped (`mem` is dropped, or leaked, last).
+        let store =
+            unsafe { pagestore::PageStore::new(base, layout.ram.size, uffd::host_page_size()) }?;
+        let store = Arc::new(Mutex::new(store));
         let fault = uffd::Userfault::register(base, layout.ram.size)?;
         let fatal_tx = tx.clone();
         let handler = fault.spawn_handler(
             Duration::from_micros(args.uffd.latency_us),
             uffd_source,
+            store.clone(),
             move |e| {
                 let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
             },
         )?;
+        if args.uffd.evict_ms > 0 {
+            evict = Some(EvictSetup {
+                interval: Duration::from_millis(args.uffd.evict_ms),
+                store,
+            });
+        }
         Some(handler)
     } else {
         None
@@ -221,7 +243,7 @@ fn run(p: Prepared) -> Result<u8, Error> {
         &mem,
         serial_irq,
     )?;
-    let report = vm.run(bus, tx, rx)?;
+    let report = vm.run(bus, tx, rx, evict)?;
 
     let uffd_stats = uffd.map(|h| h.stop());
 
@@ -233,14 +255,29 @@ fn run(p: Prepared) -> Result<u8, Error> {
             }
         }
         if let Some(Ok(s)) = &uffd_stats {
+            let e = match &report.evict {
+                Some(Ok(e)) => *e,
+                _ => evict::EvictStats::default(),
+            };
             println!(
-                "uffd: faults={} pages_copied={} from_source={} already_present={}",
-                s.faults, s.pages_copied, s.from_source, s.already_present
+                "uffd: faults={} pages_copied={} from_source={} already_present={} restored={} \
+                 evictions={} pages_evicted={} evict_skipped={}",
+                s.faults,
+                s.pages_copied,
+                s.from_source,
+                s.already_present,
+                s.restored,
+                e.evictions,
+                e.pages_evicted,
+                e.pause_timeouts
             );
         }
     }
     if let Some(Err(e)) = &uffd_stats {
         eprintln!("apf-vmm: userfaultfd handler: {e}");
+    }
+    if let Some(Err(e)) = &report.evict {
+        eprintln!("apf-vmm: {e}");
     }
     if report.all_stopped {
         drop(mem);

@@ -4,8 +4,10 @@
 //! post-copy migration or a lazy snapshot restore.
 //!
 //! Guest RAM is registered in MISSING mode. A handler thread reads fault
-//! events, waits `--uffd-latency-us`, and fills the page with UFFDIO_COPY
-//! from the source image (at the same offset as in guest RAM) or with zeros.
+//! events, waits `--uffd-latency-us`, and fills the page with UFFDIO_COPY:
+//! from its saved copy if the evictor dropped it before (see `pagestore`
+//! and `evict`), else from the source image (at the same offset as in guest
+//! RAM) or with zeros. It records every page it fills as populated.
 //!
 //! This uses the raw userfaultfd ABI through libc: the `userfaultfd` crate
 //! builds its bindings with bindgen and a C compiler for the target, which
@@ -16,11 +18,14 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
+
+use crate::pagestore::{PageStore, Saved};
 
 /// `UFFD_API`.
 const UFFD_API: u64 = 0xaa;
@@ -171,6 +176,8 @@ pub struct UffdStats {
     pub from_source: u64,
     /// Faults for pages that were already filled (EEXIST).
     pub already_present: u64,
+    /// Pages filled from the copy saved when they were evicted.
+    pub restored: u64,
 }
 
 /// Host page size.
@@ -251,13 +258,15 @@ impl Userfault {
         })
     }
 
-    /// Starts the handler thread. `on_fatal` is called from that thread if
-    /// it has to give up; the fd is then closed, which lets blocked faults
+    /// Starts the handler thread. `store` must cover the registered range
+    /// with the same page size. `on_fatal` is called from that thread if it
+    /// has to give up; the fd is then closed, which lets blocked faults
     /// complete with zero pages, so nothing stays stuck.
     pub fn spawn_handler<F>(
         self,
         latency: Duration,
         source: Option<File>,
+        store: Arc<Mutex<PageStore>>,
         on_fatal: F,
     ) -> Result<UffdHandler, UffdError>
     where
@@ -269,6 +278,7 @@ impl Userfault {
             uffd: self,
             latency,
             source,
+            store,
             stats: UffdStats::default(),
         };
         let thread = thread::Builder::new()
@@ -304,6 +314,7 @@ struct Server {
     uffd: Userfault,
     latency: Duration,
     source: Option<File>,
+    store: Arc<Mutex<PageStore>>,
     stats: UffdStats,
 }
 
@@ -382,6 +393,75 @@ impl Server {
             thread::sleep(self.latency);
         }
 
+        // Held until the page is in and marked, so that the evictor never
+        // sees a page as populated before it is mapped, nor drops one
+        // while it is being filled. (The store's state stays consistent
+        // even if the evictor panicked while holding the lock.)
+        let store = self.store.clone();
+        let mut store = store.lock().unwrap_or_else(|e| e.into_inner());
+        let index = store
+            .page_index(offset)
+            .ok_or(UffdError::OutOfRange(addr))?;
+
+        let mut from_source = false;
+        let src_addr = match store.saved(index) {
+            Saved::Copy(saved) => saved as u64,
+            Saved::None => {
+                from_source = self.read_source(offset, page)?;
+                page.as_ptr() as u64
+            }
+        };
+
+        let mut copied: u64 = 0;
+        while copied < ps {
+            let mut copy = UffdioCopy {
+                dst: page_addr + copied,
+                src: src_addr + copied,
+                len: ps - copied,
+                mode: 0,
+                copy: 0,
+            };
+            // SAFETY: `src` points into `page` or into the saved copy in
+            // the store (locked above), both valid for one page; `dst` lies
+            // in the registered range, which the kernel checks. The struct
+            // is valid and writable for the call.
+            let ret = unsafe { libc::ioctl(self.uffd.fd.as_raw_fd(), UFFDIO_COPY as _, &mut copy) };
+            if ret == 0 {
+                break;
+            }
+            let err = io::Error::last_os_error();
+            match err.raw_os_error() {
+                // Another fault on the same page was served first.
+                Some(libc::EEXIST) => {
+                    self.stats.already_present += 1;
+                    store.mark_populated(index);
+                    return Ok(());
+                }
+                // The mapping changed under us: retry the rest.
+                Some(libc::EAGAIN) if copy.copy > 0 => copied += copy.copy as u64,
+                Some(libc::EAGAIN) => {}
+                _ => {
+                    return Err(UffdError::Copy {
+                        addr: page_addr,
+                        source: err,
+                    });
+                }
+            }
+        }
+        store.mark_populated(index);
+        self.stats.pages_copied += 1;
+        if from_source {
+            self.stats.from_source += 1;
+        }
+        if src_addr != page.as_ptr() as u64 {
+            self.stats.restored += 1;
+        }
+        Ok(())
+    }
+
+    /// Fills `page` from the source image at `offset`, zeros past its end
+    /// (or all zeros without one). Returns whether any byte came from it.
+    fn read_source(&self, offset: u64, page: &mut [u8]) -> Result<bool, UffdError> {
         page.fill(0);
         let mut from_source = false;
         if let Some(src) = &self.source {
@@ -398,54 +478,23 @@ impl Server {
                 }
             }
         }
-
-        let mut copied: u64 = 0;
-        while copied < ps {
-            let mut copy = UffdioCopy {
-                dst: page_addr + copied,
-                src: page.as_ptr() as u64 + copied,
-                len: ps - copied,
-                mode: 0,
-                copy: 0,
-            };
-            // SAFETY: `src` points into `page`, valid for `len` bytes; `dst`
-            // lies in the registered range, which the kernel checks. The
-            // struct is valid and writable for the call.
-            let ret = unsafe { libc::ioctl(self.uffd.fd.as_raw_fd(), UFFDIO_COPY as _, &mut copy) };
-            if ret == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // Another fault on the same page was served first.
-                Some(libc::EEXIST) => {
-                    self.stats.already_present += 1;
-                    return Ok(());
-                }
-                // The mapping changed under us: retry the rest.
-                Some(libc::EAGAIN) if copy.copy > 0 => copied += copy.copy as u64,
-                Some(libc::EAGAIN) => {}
-                _ => {
-                    return Err(UffdError::Copy {
-                        addr: page_addr,
-                        source: err,
-                    });
-                }
-            }
-        }
-        self.stats.pages_copied += 1;
-        if from_source {
-            self.stats.from_source += 1;
-        }
-        Ok(())
+        Ok(from_source)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::{Arc, Mutex};
+    use crate::testutil::Anon;
     use std::time::Instant;
+
+    /// A page store for the whole of `mem`.
+    fn store_for(mem: &Anon) -> Arc<Mutex<PageStore>> {
+        // SAFETY: every test keeps `mem` mapped until after the handler
+        // and the store are gone.
+        let s = unsafe { PageStore::new(mem.ptr, mem.len as u64, host_page_size()) }.unwrap();
+        Arc::new(Mutex::new(s))
+    }
 
     #[test]
     fn abi_sizes_and_numbers() {
@@ -457,47 +506,6 @@ mod tests {
         assert_eq!(UFFDIO_API, 0xc018_aa3f);
         assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
-    }
-
-    /// An anonymous private mapping, unmapped on drop.
-    struct Anon {
-        ptr: *mut u8,
-        len: usize,
-    }
-
-    impl Anon {
-        fn new(len: usize) -> Anon {
-            // SAFETY: anonymous mapping with no address hint; checked below.
-            let ptr = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(ptr, libc::MAP_FAILED);
-            Anon {
-                ptr: ptr.cast(),
-                len,
-            }
-        }
-
-        fn read_byte(&self, offset: usize) -> u8 {
-            assert!(offset < self.len);
-            // SAFETY: in bounds of the live mapping; volatile so that the
-            // access (and the fault it causes) really happens.
-            unsafe { std::ptr::read_volatile(self.ptr.add(offset)) }
-        }
-    }
-
-    impl Drop for Anon {
-        fn drop(&mut self) {
-            // SAFETY: unmapping exactly what `new` mapped.
-            unsafe { libc::munmap(self.ptr.cast(), self.len) };
-        }
     }
 
     fn temp_file(name: &str, data: &[u8]) -> (std::path::PathBuf, File) {
@@ -532,7 +540,7 @@ mod tests {
         let fatal = Arc::new(Mutex::new(None));
         let fatal2 = fatal.clone();
         let handler = uffd
-            .spawn_handler(Duration::ZERO, Some(src), move |e| {
+            .spawn_handler(Duration::ZERO, Some(src), store_for(&mem), move |e| {
                 *fatal2.lock().unwrap() = Some(e.to_string());
             })
             .unwrap();
@@ -557,7 +565,7 @@ mod tests {
         let mem = Anon::new(ps * 4);
         let uffd = Userfault::register(mem.ptr, (ps * 4) as u64).expect("userfaultfd");
         let handler = uffd
-            .spawn_handler(Duration::from_millis(30), None, |_| {})
+            .spawn_handler(Duration::from_millis(30), None, store_for(&mem), |_| {})
             .unwrap();
         let t = Instant::now();
         for p in 0..3 {
@@ -576,11 +584,60 @@ mod tests {
     }
 
     #[test]
+    fn evicted_pages_come_back_intact() {
+        let ps = host_page_size() as usize;
+        let pages = 32;
+        let mem = Anon::new(ps * pages);
+        // Written before registration, like the kernel image: resident,
+        // hence populated from the start.
+        mem.write_byte(0, 0xaa);
+
+        let store = store_for(&mem);
+        let uffd = Userfault::register(mem.ptr, (ps * pages) as u64).expect("userfaultfd");
+        let handler = uffd
+            .spawn_handler(Duration::ZERO, None, store.clone(), |_| {})
+            .unwrap();
+
+        // First touches fault and get zero pages; then the data goes in.
+        for p in 1..20 {
+            mem.write_byte(p * ps + 17, p as u8);
+        }
+        assert_eq!(store.lock().unwrap().populated_count(), 20);
+
+        for round in 0..3u8 {
+            let evicted = store.lock().unwrap().evict().unwrap();
+            assert_eq!(evicted, 20, "round {round}");
+            assert!(mem.resident().iter().all(|r| !r), "all dropped");
+            // Each read is a MISSING fault served from the saved copy,
+            // which holds what was written before this eviction.
+            assert_eq!(mem.read_byte(0), 0xaa);
+            for p in 1..20 {
+                assert_eq!(mem.read_byte(p * ps + 17), p as u8 + round, "page {p}");
+                mem.write_byte(p * ps + 17, p as u8 + round + 1);
+            }
+        }
+        // A page never touched is zero-filled, not restored.
+        assert_eq!(mem.read_byte(25 * ps), 0);
+
+        let stats = handler.stop().unwrap();
+        let counts = store.lock().unwrap().counts();
+        assert_eq!(counts.evictions, 3);
+        assert_eq!(counts.pages_evicted, 60);
+        assert_eq!(stats.already_present, 0);
+        assert_eq!(stats.faults, 19 + 3 * 20 + 1);
+        assert_eq!(stats.pages_copied, stats.faults);
+        assert_eq!(stats.restored, 60);
+        assert_eq!(stats.from_source, 0);
+    }
+
+    #[test]
     fn stop_without_faults() {
         let ps = host_page_size() as usize;
         let mem = Anon::new(ps);
         let uffd = Userfault::register(mem.ptr, ps as u64).expect("userfaultfd");
-        let handler = uffd.spawn_handler(Duration::ZERO, None, |_| {}).unwrap();
+        let handler = uffd
+            .spawn_handler(Duration::ZERO, None, store_for(&mem), |_| {})
+            .unwrap();
         assert_eq!(handler.stop().unwrap(), UffdStats::default());
     }
 }

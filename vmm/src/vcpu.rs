@@ -1,20 +1,68 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! vCPU initialisation and the per-vCPU run loop.
+//!
+//! A vCPU thread is kicked out of KVM_RUN with a signal whose handler calls
+//! `kick_current_thread`, which sets `kvm_run.immediate_exit`: a signal that
+//! lands between the loop's checks and the KVM_RUN ioctl still makes that
+//! KVM_RUN return at once with EINTR.
 
+use std::cell::Cell;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH,
+    kvm_run, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH,
     KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 
 use crate::bus::MmioBus;
+use crate::pause::PauseGate;
 use crate::regs;
+
+thread_local! {
+    /// The `kvm_run` page of the vCPU this thread runs, while it runs one.
+    static KVM_RUN: Cell<*mut kvm_run> = const { Cell::new(std::ptr::null_mut()) };
+}
+
+/// Makes the current (or next) KVM_RUN of the vCPU on this thread return
+/// with EINTR. Async-signal-safe: it only touches a constant-initialised
+/// thread-local and the `kvm_run` page; called from the kick signal handler.
+pub fn kick_current_thread() {
+    let _ = KVM_RUN.try_with(|p| {
+        let run = p.get();
+        if !run.is_null() {
+            // SAFETY: a non-null pointer is the live `kvm_run` mapping of
+            // the vCPU this thread is running (`RunGuard` clears it before
+            // the vCPU fd is dropped); only this thread uses it, and a
+            // volatile byte store cannot tear.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(1) };
+        }
+    });
+}
+
+/// While a vCPU thread runs its loop: publishes its `kvm_run` for
+/// `kick_current_thread`; on drop withdraws it and leaves the pause gate.
+struct RunGuard<'a> {
+    gate: &'a PauseGate,
+}
+
+impl<'a> RunGuard<'a> {
+    fn new(gate: &'a PauseGate, run: *mut kvm_run) -> Self {
+        KVM_RUN.with(|p| p.set(run));
+        RunGuard { gate }
+    }
+}
+
+impl Drop for RunGuard<'_> {
+    fn drop(&mut self) {
+        KVM_RUN.with(|p| p.set(std::ptr::null_mut()));
+        self.gate.leave();
+    }
+}
 
 /// Unhandled MMIO accesses reported before going quiet.
 const MAX_MMIO_WARNINGS: u32 = 10;
@@ -106,16 +154,19 @@ pub struct Runner<W: Write> {
     fd: VcpuFd,
     bus: Arc<MmioBus<W>>,
     stop: Arc<AtomicBool>,
+    gate: Arc<PauseGate>,
     mmio_warnings: Arc<AtomicU32>,
 }
 
 impl<W: Write> Runner<W> {
-    /// Prepares the loop; `stop` is checked whenever KVM_RUN returns.
+    /// Prepares the loop; `stop` and `gate` are checked before every
+    /// KVM_RUN. `gate` must count this runner among its active threads.
     pub fn new(
         index: u8,
         fd: VcpuFd,
         bus: Arc<MmioBus<W>>,
         stop: Arc<AtomicBool>,
+        gate: Arc<PauseGate>,
         mmio_warnings: Arc<AtomicU32>,
     ) -> Self {
         Runner {
@@ -123,6 +174,7 @@ impl<W: Write> Runner<W> {
             fd,
             bus,
             stop,
+            gate,
             mmio_warnings,
         }
     }
@@ -145,14 +197,28 @@ impl<W: Write> Runner<W> {
     /// The run loop.
     pub fn run(mut self) -> VcpuEnd {
         let mut serial_error_reported = false;
+        let run: *mut kvm_run = self.fd.get_kvm_run();
+        let gate = self.gate.clone();
+        // Dropped before `self`, and so before the vCPU fd and its mapping.
+        let _guard = RunGuard::new(&gate, run);
         loop {
+            // Cleared before the checks: a kick after this point either
+            // finds its request in them or makes the KVM_RUN below return.
+            // SAFETY: `run` is this vCPU's live `kvm_run` mapping (owned by
+            // `self.fd`); volatile because the signal handler writes it.
+            unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
             if self.stop.load(Ordering::Acquire) {
                 return VcpuEnd::Stopped;
+            }
+            if gate.requested() {
+                gate.park(&self.stop);
+                continue;
             }
             let exit = match self.fd.run() {
                 Ok(exit) => exit,
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                    // Kicked by the VMM (or any other signal): re-check `stop`.
+                    // Kicked by the VMM (or any other signal): re-check
+                    // `stop` and the pause gate.
                     continue;
                 }
                 Err(e) => return VcpuEnd::Failed(format!("KVM_RUN: {e}")),

@@ -5,9 +5,10 @@
 
 use std::fs::File;
 use std::io::Stdout;
+use std::os::unix::thread::{JoinHandleExt, RawPthread};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -20,14 +21,21 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::apf::{self, ApfError, HostApf};
 use crate::args::ApfMode;
 use crate::bus::MmioBus;
+use crate::evict::{self, EvictError, EvictStats, VcpuPause};
 use crate::gic::{self, GicError};
 use crate::layout::{Layout, SERIAL_SPI};
 use crate::memory::{self, GuestMem, MemoryError};
+use crate::pagestore::PageStore;
+use crate::pause::{PauseError, PauseGate};
 use crate::stats::{self, Stat, StatsError};
 use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
 
 /// How long to keep kicking vCPU threads before giving up on joining them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the evictor waits for every vCPU to leave KVM_RUN before it
+/// skips a pass. A vCPU blocked in a userfaultfd fault leaves once the
+/// handler serves the page.
+const PAUSE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Set by SIGINT/SIGTERM; polled by the main thread.
 static TERMINATE: AtomicBool = AtomicBool::new(false);
@@ -36,8 +44,11 @@ extern "C" fn on_terminate(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc
     TERMINATE.store(true, Ordering::Relaxed);
 }
 
-/// Does nothing: its only purpose is to make KVM_RUN return with EINTR.
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+/// Makes the vCPU on this thread leave KVM_RUN (EINTR), now or at its next
+/// entry.
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    vcpu::kick_current_thread();
+}
 
 /// The signal used to kick vCPU threads out of KVM_RUN.
 fn kick_signal() -> libc::c_int {
@@ -82,6 +93,47 @@ pub enum VmError {
         /// Cause.
         source: std::io::Error,
     },
+    /// The userfaultfd evictor could not be started.
+    #[error(transparent)]
+    Evict(#[from] EvictError),
+}
+
+/// The userfaultfd evictor to run alongside the vCPUs.
+pub struct EvictSetup {
+    /// Time between two passes.
+    pub interval: Duration,
+    /// The state shared with the fault handler.
+    pub store: Arc<Mutex<PageStore>>,
+}
+
+/// Pauses the VM's vCPU threads through the gate they check, kicking them
+/// with the kick signal.
+struct VcpuPauser {
+    gate: Arc<PauseGate>,
+    /// The vCPU threads; they are joined only after the evictor is stopped,
+    /// so these ids stay valid while it runs.
+    threads: Vec<RawPthread>,
+}
+
+impl VcpuPause for VcpuPauser {
+    fn pause(&self) -> Result<(), PauseError> {
+        self.gate.pause(
+            || {
+                for t in &self.threads {
+                    // SAFETY: `t` is a thread of this process that has not
+                    // been joined (see `threads`); an exited one gives ESRCH,
+                    // which is fine: it left the gate.
+                    // (musl's pthread_t is a pointer, std's an integer.)
+                    unsafe { libc::pthread_kill(*t as libc::pthread_t, kick_signal()) };
+                }
+            },
+            PAUSE_TIMEOUT,
+        )
+    }
+
+    fn resume(&self) {
+        self.gate.resume();
+    }
 }
 
 /// What the VM needs besides guest memory.
@@ -138,6 +190,8 @@ pub struct RunReport {
     /// False if a vCPU thread could not be stopped; it may still use guest
     /// memory, which must then stay mapped until the process exits.
     pub all_stopped: bool,
+    /// The evictor's counters, if it ran.
+    pub evict: Option<Result<EvictStats, EvictError>>,
 }
 
 /// A configured VM that has not run yet.
@@ -210,11 +264,13 @@ impl Vm {
 
     /// Runs the VM until the guest powers off, resets or fails, or the VMM
     /// is told to stop, then stops every vCPU and reads their statistics.
+    /// With `evict`, the userfaultfd evictor runs meanwhile.
     pub fn run(
         self,
         bus: Arc<MmioBus<Stdout>>,
         events: Sender<VmEvent>,
         rx: Receiver<VmEvent>,
+        evict: Option<EvictSetup>,
     ) -> Result<RunReport, VmError> {
         register_signal_handler(kick_signal(), on_kick).map_err(VmError::Signal)?;
         register_signal_handler(libc::SIGINT, on_terminate).map_err(VmError::Signal)?;
@@ -230,10 +286,18 @@ impl Vm {
         } = self;
 
         let stop = Arc::new(AtomicBool::new(false));
+        let gate = Arc::new(PauseGate::new(vcpus.len()));
         let warnings = Arc::new(AtomicU32::new(0));
         let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
         for (index, fd) in (0u8..).zip(vcpus) {
-            let runner = Runner::new(index, fd, bus.clone(), stop.clone(), warnings.clone());
+            let runner = Runner::new(
+                index,
+                fd,
+                bus.clone(),
+                stop.clone(),
+                gate.clone(),
+                warnings.clone(),
+            );
             let tx = events.clone();
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
@@ -255,6 +319,30 @@ impl Vm {
                 }
             }
         }
+
+        let evictor = match evict {
+            Some(setup) => {
+                let pauser = VcpuPauser {
+                    gate: gate.clone(),
+                    threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
+                };
+                let fatal_tx = events.clone();
+                let spawned = evict::spawn(setup.interval, setup.store, pauser, move |e| {
+                    let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
+                });
+                match spawned {
+                    Ok(ev) => Some(ev),
+                    Err(e) => {
+                        if !stop_threads(&stop, &threads) {
+                            eprintln!("apf-vmm: error: {e}");
+                            std::process::exit(1);
+                        }
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
         drop(events);
 
         let end = loop {
@@ -279,6 +367,8 @@ impl Vm {
             }
         };
 
+        // Before the vCPU threads go: the evictor signals them by thread id.
+        let evict = evictor.map(|ev| ev.stop());
         let all_stopped = stop_threads(&stop, &threads);
         for (index, t) in threads.into_iter().enumerate() {
             if t.is_finished() && t.join().is_err() {
@@ -304,6 +394,7 @@ impl Vm {
             end,
             stats,
             all_stopped,
+            evict,
         })
     }
 }

@@ -1,0 +1,71 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Helpers shared by the unit tests.
+
+/// An anonymous private mapping, unmapped on drop.
+pub struct Anon {
+    /// Start of the mapping.
+    pub ptr: *mut u8,
+    /// Its length.
+    pub len: usize,
+}
+
+// SAFETY: the mapping is process-wide; tests touch it from several threads
+// only through volatile byte accesses.
+unsafe impl Send for Anon {}
+// SAFETY: as above.
+unsafe impl Sync for Anon {}
+
+impl Anon {
+    /// Maps `len` bytes.
+    pub fn new(len: usize) -> Anon {
+        // SAFETY: anonymous mapping with no address hint; checked below.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(ptr, libc::MAP_FAILED);
+        Anon {
+            ptr: ptr.cast(),
+            len,
+        }
+    }
+
+    /// Reads one byte; volatile so that the access (and the fault it
+    /// causes) really happens.
+    pub fn read_byte(&self, offset: usize) -> u8 {
+        assert!(offset < self.len);
+        // SAFETY: in bounds of the live mapping.
+        unsafe { std::ptr::read_volatile(self.ptr.add(offset)) }
+    }
+
+    /// Writes one byte, volatile.
+    pub fn write_byte(&self, offset: usize, value: u8) {
+        assert!(offset < self.len);
+        // SAFETY: in bounds of the live mapping.
+        unsafe { std::ptr::write_volatile(self.ptr.add(offset), value) }
+    }
+
+    /// Which pages are resident, per mincore().
+    pub fn resident(&self) -> Vec<bool> {
+        let ps = crate::uffd::host_page_size() as usize;
+        let mut v = vec![0u8; self.len.div_ceil(ps)];
+        // SAFETY: the mapping is page aligned and `v` has a byte per page.
+        let ret = unsafe { libc::mincore(self.ptr.cast(), self.len, v.as_mut_ptr()) };
+        assert_eq!(ret, 0);
+        v.into_iter().map(|b| b & 1 != 0).collect()
+    }
+}
+
+impl Drop for Anon {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
