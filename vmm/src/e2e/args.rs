@@ -1,0 +1,270 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Command line of `apf-e2e`:
+//! `apf-e2e [--expect events|none] [--swap-zram MIB] [--timeout SECS] -- VMM ARGS...`
+
+use std::ffi::OsString;
+
+use thiserror::Error;
+
+/// Default `--timeout` in seconds.
+pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
+/// Largest `--timeout` (a day).
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+/// Smallest `--swap-zram` in MiB (a swap area needs a few pages).
+pub const MIN_SWAP_MIB: u64 = 1;
+/// Largest `--swap-zram` in MiB.
+pub const MAX_SWAP_MIB: u64 = 65_536;
+
+/// What the APF event counters must show.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// Only that host and guest agree.
+    Any,
+    /// Events happened: PAGE_NOT_PRESENT and PAGE_READY both above zero.
+    Events,
+    /// APF hidden: no event at all on either side.
+    None,
+}
+
+/// The parsed command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct E2eArgs {
+    /// Expected APF activity.
+    pub expect: Expect,
+    /// zram swap size in MiB, if swap is to be set up.
+    pub swap_zram_mib: Option<u64>,
+    /// Kill the VMM after this many seconds.
+    pub timeout_secs: u64,
+    /// The VMM and its arguments.
+    pub command: Vec<OsString>,
+}
+
+/// Result of a successful parse.
+#[derive(Debug, PartialEq, Eq)]
+pub enum E2eCommand {
+    /// Run the test.
+    Run(E2eArgs),
+    /// Print the usage.
+    Help,
+}
+
+/// Command line errors.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum E2eArgsError {
+    /// An option this program does not know.
+    #[error("unknown option '{0}'")]
+    UnknownOption(String),
+    /// An option without its value.
+    #[error("option {0} needs a value")]
+    MissingValue(&'static str),
+    /// The same option twice.
+    #[error("option {0} given more than once")]
+    Duplicate(&'static str),
+    /// A value that cannot be used.
+    #[error("invalid value '{value}' for {option}: {reason}")]
+    InvalidValue {
+        /// The option.
+        option: &'static str,
+        /// The value, lossily converted.
+        value: String,
+        /// Why.
+        reason: String,
+    },
+    /// Nothing after `--`, or no `--`.
+    #[error("no VMM command given (put it after --)")]
+    NoCommand,
+}
+
+/// The usage text.
+pub fn usage() -> String {
+    format!(
+        "Usage: apf-e2e [OPTIONS] -- VMM [VMM ARGS...]\n\
+         Runs the VMM (apf-vmm booting a guest that runs /bin/apf-workload),\n\
+         echoes its output, and checks the workload result and the APF counters\n\
+         of guest and host. Exit status: 0 pass, 1 fail, 2 bad usage.\n\
+         \n\
+         Options:\n\
+         \x20 --expect events|none  events: PAGE_NOT_PRESENT and PAGE_READY were seen;\n\
+         \x20                       none: no APF event at all (APF hidden)\n\
+         \x20                       (default: only host/guest agreement)\n\
+         \x20 --swap-zram MIB       set up MIB of swap on /dev/zram0 for the run, {MIN_SWAP_MIB}..{MAX_SWAP_MIB}\n\
+         \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
+         \x20 -h, --help            this text\n"
+    )
+}
+
+fn number(option: &'static str, value: &OsString, min: u64, max: u64) -> Result<u64, E2eArgsError> {
+    let text = value.to_string_lossy().into_owned();
+    let bad = |reason: String| E2eArgsError::InvalidValue {
+        option,
+        value: text.clone(),
+        reason,
+    };
+    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad("not a decimal number".into()));
+    }
+    let n: u64 = text.parse().map_err(|_| bad("number too large".into()))?;
+    if n < min || n > max {
+        return Err(bad(format!("must be {min}..{max}")));
+    }
+    Ok(n)
+}
+
+fn set_once<T>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E2eArgsError> {
+    if slot.is_some() {
+        return Err(E2eArgsError::Duplicate(name));
+    }
+    *slot = Some(v);
+    Ok(())
+}
+
+/// Parses the arguments after the program name.
+pub fn parse<I>(args: I) -> Result<E2eCommand, E2eArgsError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut iter = args.into_iter();
+    let mut expect = None;
+    let mut swap = None;
+    let mut timeout = None;
+    let mut command = None;
+
+    while let Some(arg) = iter.next() {
+        let text = arg.to_string_lossy().into_owned();
+        if text == "--" {
+            command = Some(iter.by_ref().collect::<Vec<_>>());
+            break;
+        }
+        if text == "-h" || text == "--help" {
+            return Ok(E2eCommand::Help);
+        }
+        let (name, inline) = match text.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
+            _ => (text.clone(), None),
+        };
+        let option: &'static str = match name.as_str() {
+            "--expect" => "--expect",
+            "--swap-zram" => "--swap-zram",
+            "--timeout" => "--timeout",
+            _ => return Err(E2eArgsError::UnknownOption(text)),
+        };
+        let value = match inline {
+            Some(v) => v,
+            None => iter.next().ok_or(E2eArgsError::MissingValue(option))?,
+        };
+        match option {
+            "--expect" => {
+                let e = match value.to_str() {
+                    Some("events") => Expect::Events,
+                    Some("none") => Expect::None,
+                    _ => {
+                        return Err(E2eArgsError::InvalidValue {
+                            option,
+                            value: value.to_string_lossy().into_owned(),
+                            reason: "expected events or none".into(),
+                        })
+                    }
+                };
+                set_once(&mut expect, option, e)?;
+            }
+            "--swap-zram" => {
+                let n = number(option, &value, MIN_SWAP_MIB, MAX_SWAP_MIB)?;
+                set_once(&mut swap, option, n)?;
+            }
+            _ => {
+                let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
+                set_once(&mut timeout, option, n)?;
+            }
+        }
+    }
+
+    let command = command
+        .filter(|c| !c.is_empty())
+        .ok_or(E2eArgsError::NoCommand)?;
+    Ok(E2eCommand::Run(E2eArgs {
+        expect: expect.unwrap_or(Expect::Any),
+        swap_zram_mib: swap,
+        timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        command,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn p(args: &[&str]) -> Result<E2eCommand, E2eArgsError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    fn run(args: &[&str]) -> E2eArgs {
+        match p(args) {
+            Ok(E2eCommand::Run(a)) => a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_and_full() {
+        let a = run(&["--", "/bin/apf-vmm", "--kernel", "k"]);
+        assert_eq!(a.expect, Expect::Any);
+        assert_eq!(a.swap_zram_mib, None);
+        assert_eq!(a.timeout_secs, DEFAULT_TIMEOUT_SECS);
+        assert_eq!(a.command, ["/bin/apf-vmm", "--kernel", "k"]);
+
+        let a = run(&[
+            "--expect",
+            "events",
+            "--swap-zram=512",
+            "--timeout",
+            "90",
+            "--",
+            "vmm",
+            "--",
+            "--expect",
+        ]);
+        assert_eq!(a.expect, Expect::Events);
+        assert_eq!(a.swap_zram_mib, Some(512));
+        assert_eq!(a.timeout_secs, 90);
+        // Everything after the first -- belongs to the VMM.
+        assert_eq!(a.command, ["vmm", "--", "--expect"]);
+        assert_eq!(run(&["--expect=none", "--", "v"]).expect, Expect::None);
+    }
+
+    #[test]
+    fn errors() {
+        assert_eq!(p(&[]), Err(E2eArgsError::NoCommand));
+        assert_eq!(p(&["--expect", "none"]), Err(E2eArgsError::NoCommand));
+        assert_eq!(p(&["--"]), Err(E2eArgsError::NoCommand));
+        assert_eq!(
+            p(&["--bogus", "--", "v"]),
+            Err(E2eArgsError::UnknownOption("--bogus".into()))
+        );
+        assert_eq!(p(&["vmm"]), Err(E2eArgsError::UnknownOption("vmm".into())));
+        assert_eq!(
+            p(&["--timeout"]),
+            Err(E2eArgsError::MissingValue("--timeout"))
+        );
+        assert_eq!(
+            p(&["--expect", "none", "--expect", "events", "--", "v"]),
+            Err(E2eArgsError::Duplicate("--expect"))
+        );
+        for bad in [
+            &["--expect", "some", "--", "v"][..],
+            &["--timeout", "0", "--", "v"],
+            &["--timeout", "86401", "--", "v"],
+            &["--timeout", "-1", "--", "v"],
+            &["--swap-zram", "0", "--", "v"],
+            &["--swap-zram", "1e3", "--", "v"],
+            &["--swap-zram", "99999999999999999999999", "--", "v"],
+        ] {
+            assert!(
+                matches!(p(bad), Err(E2eArgsError::InvalidValue { .. })),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(p(&["--help"]), Ok(E2eCommand::Help));
+        assert!(usage().contains("--swap-zram"));
+    }
+}

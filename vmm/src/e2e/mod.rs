@@ -1,0 +1,14 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! `apf-e2e`: runs apf-vmm with a guest running the APF workload, inside
+//! the emulated host, and checks what the guest and the host report.
+//!
+//! - `args`: the driver's command line.
+//! - `parse`: reading the VMM's output (guest console and VMM statistics).
+//! - `check`: the checks and the verdict.
+//! - `swap`: zram swap and cgroup v2 set-up in the emulated host.
+
+pub mod args;
+pub mod check;
+pub mod parse;
+pub mod swap;

@@ -1,0 +1,232 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Reads the lines apf-vmm prints (the guest's console and the VMM's own
+//! statistics) and keeps what the checks need:
+//!
+//! - the workload's summary, `workload: ok ...` or `workload: FAIL ...`;
+//! - the guest kernel's `apf_guest: shutdown: not_present=N ready=M
+//!   wake_all=W` (after a `[ 1.234] ` timestamp, or anywhere in a line that
+//!   another console writer interleaved with);
+//! - the guest kernel's `apf_guest: not offered by the hypervisor`;
+//! - the VMM's `apf: vcpuK apf_not_present=.. apf_ready=.. ...` lines;
+//! - the VMM's `uffd: ...` line, kept as is.
+
+use std::collections::BTreeMap;
+
+/// The guest's counters at power-off.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestApf {
+    /// PAGE_NOT_PRESENT events handled.
+    pub not_present: u64,
+    /// PAGE_READY events handled.
+    pub ready: u64,
+    /// Wake-all events.
+    pub wake_all: u64,
+}
+
+/// One vCPU's counters as the host reports them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostApf {
+    /// `apf_not_present`.
+    pub not_present: u64,
+    /// `apf_ready`.
+    pub ready: u64,
+}
+
+/// The workload's verdict.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Workload {
+    /// `workload: ok ...`: the rest of the line.
+    Ok(String),
+    /// `workload: FAIL ...`: the rest of the line.
+    Fail(String),
+}
+
+/// Everything seen so far.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observations {
+    /// The workload summary (the first one seen).
+    pub workload: Option<Workload>,
+    /// The guest's shutdown counters.
+    pub guest: Option<GuestApf>,
+    /// The guest kernel said the hypervisor offers no APF.
+    pub guest_not_offered: bool,
+    /// Host counters by vCPU index.
+    pub host: BTreeMap<u32, HostApf>,
+    /// vCPUs whose statistics the VMM could not read.
+    pub host_unavailable: Vec<u32>,
+    /// The VMM's uffd statistics line, if any.
+    pub uffd: Option<String>,
+    /// Lines read.
+    pub lines: u64,
+}
+
+const GUEST_SHUTDOWN: &str = "apf_guest: shutdown:";
+const GUEST_NOT_OFFERED: &str = "apf_guest: not offered by the hypervisor";
+const WORKLOAD_OK: &str = "workload: ok";
+const WORKLOAD_FAIL: &str = "workload: FAIL";
+
+/// Value of `key=N` among the space-separated words of `text`.
+pub fn field(text: &str, key: &str) -> Option<u64> {
+    text.split_whitespace().find_map(|w| {
+        w.strip_prefix(key)
+            .and_then(|r| r.strip_prefix('='))
+            .and_then(|v| v.parse().ok())
+    })
+}
+
+/// The text after `marker`, if `marker` occurs in `line`.
+fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
+    line.find(marker).map(|i| &line[i + marker.len()..])
+}
+
+/// Parses `apf: vcpuK ...` (at the start of the line: the VMM prints it).
+fn host_line(line: &str) -> Option<(u32, Option<HostApf>)> {
+    let rest = line.strip_prefix("apf: vcpu")?;
+    let (index, rest) = rest.split_once(' ')?;
+    let index: u32 = index.parse().ok()?;
+    match (field(rest, "apf_not_present"), field(rest, "apf_ready")) {
+        (Some(not_present), Some(ready)) => Some((index, Some(HostApf { not_present, ready }))),
+        _ => Some((index, None)),
+    }
+}
+
+impl Observations {
+    /// Takes one line of output (without its newline).
+    pub fn feed(&mut self, line: &str) {
+        self.lines += 1;
+        if self.workload.is_none() {
+            if let Some(rest) = after(line, WORKLOAD_OK) {
+                self.workload = Some(Workload::Ok(rest.trim().to_string()));
+            } else if let Some(rest) = after(line, WORKLOAD_FAIL) {
+                self.workload = Some(Workload::Fail(rest.trim().to_string()));
+            }
+        }
+        if let Some(rest) = after(line, GUEST_SHUTDOWN) {
+            if let (Some(not_present), Some(ready)) =
+                (field(rest, "not_present"), field(rest, "ready"))
+            {
+                self.guest = Some(GuestApf {
+                    not_present,
+                    ready,
+                    wake_all: field(rest, "wake_all").unwrap_or(0),
+                });
+            }
+        }
+        if line.contains(GUEST_NOT_OFFERED) {
+            self.guest_not_offered = true;
+        }
+        if let Some((index, stats)) = host_line(line) {
+            match stats {
+                Some(s) => {
+                    self.host.insert(index, s);
+                }
+                None => self.host_unavailable.push(index),
+            }
+        }
+        if line.starts_with("uffd: ") {
+            self.uffd = Some(line.to_string());
+        }
+    }
+
+    /// Host counters summed over the vCPUs.
+    pub fn host_total(&self) -> HostApf {
+        self.host.values().fold(HostApf::default(), |a, h| HostApf {
+            not_present: a.not_present + h.not_present,
+            ready: a.ready + h.ready,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed(lines: &[&str]) -> Observations {
+        let mut o = Observations::default();
+        for l in lines {
+            o.feed(l);
+        }
+        o
+    }
+
+    #[test]
+    fn fields() {
+        assert_eq!(field("a=1 b=22 c=x", "b"), Some(22));
+        assert_eq!(field("a=1 ab=3", "b"), None);
+        assert_eq!(field("a=1 b=x", "b"), None);
+        assert_eq!(
+            field("apf_ready=5 apf_not_present=7", "apf_not_present"),
+            Some(7)
+        );
+        assert_eq!(field("", "a"), None);
+    }
+
+    #[test]
+    fn full_run() {
+        let o = feed(&[
+            "[    0.512345] apf_guest: version 0x10000, 64 slots, PPI 18",
+            "workload: round 1/4 done (proc 0)",
+            "workload: ok procs=2 threads=2 mib=48 rounds=4 pages=12288 compute_iters=123",
+            "workload: kvm_apf not_present 10",
+            "[    9.876000] apf_guest: shutdown: not_present=10 ready=9 wake_all=1",
+            "@@guest DONE",
+            "apf: vcpu0 apf_not_present=6 apf_ready=5 apf_sync_not_el0=3 apf_sync_disabled=0",
+            "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_sync_not_el0=1 apf_sync_disabled=0",
+            "uffd: faults=812 pages_copied=812 from_source=0 already_present=0 restored=3 evictions=2 pages_evicted=9 evict_skipped=0",
+        ]);
+        assert_eq!(
+            o.workload,
+            Some(Workload::Ok(
+                "procs=2 threads=2 mib=48 rounds=4 pages=12288 compute_iters=123".into()
+            ))
+        );
+        assert_eq!(
+            o.guest,
+            Some(GuestApf {
+                not_present: 10,
+                ready: 9,
+                wake_all: 1
+            })
+        );
+        assert!(!o.guest_not_offered);
+        assert_eq!(o.host.len(), 2);
+        assert_eq!(
+            o.host_total(),
+            HostApf {
+                not_present: 10,
+                ready: 9
+            }
+        );
+        assert!(o.uffd.as_deref().unwrap_or("").contains("evictions=2"));
+        assert_eq!(o.lines, 9);
+    }
+
+    #[test]
+    fn interleaved_and_failing() {
+        let o = feed(&[
+            "workload: FAIL proc=1 thread=0 page=7 expected=0x1 got=0x2",
+            "workload: ok procs=2",
+            "some text[   3.1] apf_guest: shutdown: not_present=0 ready=0 wake_all=0",
+            "[    0.1] apf_guest: not offered by the hypervisor",
+            "apf: vcpu0 statistics unavailable: no such file",
+            "apf: vcpu1 host kernel without apf",
+            "apf: vcpuX apf_not_present=1 apf_ready=1",
+            "  apf: vcpu2 apf_not_present=1 apf_ready=1",
+        ]);
+        // The first verdict counts.
+        assert!(matches!(o.workload, Some(Workload::Fail(ref s)) if s.contains("page=7")));
+        assert_eq!(o.guest, Some(GuestApf::default()));
+        assert!(o.guest_not_offered);
+        assert!(o.host.is_empty());
+        assert_eq!(o.host_unavailable, vec![0, 1]);
+        assert_eq!(o.host_total(), HostApf::default());
+    }
+
+    #[test]
+    fn incomplete_shutdown_line_ignored() {
+        let o = feed(&["apf_guest: shutdown: not_present=3"]);
+        assert_eq!(o.guest, None);
+        assert_eq!(o.workload, None);
+    }
+}

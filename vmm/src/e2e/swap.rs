@@ -1,0 +1,317 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Swap on zram and cgroup v2 for the cgroup memory mode, in the emulated
+//! host, which has no mkswap: the driver writes the swap header itself.
+//!
+//! The header is Linux's `union swap_header` (`include/linux/swap.h`) in
+//! its first page: `info` at byte 1024 (version 1, last page, no bad
+//! pages, a UUID and an empty label) and the magic `SWAPSPACE2` in the last
+//! ten bytes of the page.
+
+use std::ffi::CString;
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use thiserror::Error;
+
+/// `CGROUP2_SUPER_MAGIC`.
+const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
+/// The swap signature.
+const SWAP_MAGIC: &[u8; 10] = b"SWAPSPACE2";
+/// Offset of `swap_header.info` (after `bootbits[1024]`).
+const INFO_OFFSET: usize = 1024;
+/// Smallest swap area the kernel accepts, in pages (header + 9).
+const MIN_SWAP_PAGES: u64 = 10;
+
+/// Swap set-up errors.
+#[derive(Debug, Error)]
+pub enum SwapError {
+    /// The area is too small or does not fit the header format.
+    #[error("a swap area of {bytes} bytes with {page_size} byte pages is not usable")]
+    BadSize {
+        /// Size in bytes.
+        bytes: u64,
+        /// Page size.
+        page_size: u64,
+    },
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// swapon(2) failed.
+    #[error("swapon({path}): {source}")]
+    Swapon {
+        /// The device.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+    /// Mounting cgroup2 failed.
+    #[error("mounting cgroup2 on {path}: {source}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SwapError + '_ {
+    move |source| SwapError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn cstring(path: &Path) -> Result<CString, SwapError> {
+    CString::new(path.as_os_str().as_bytes()).map_err(|_| SwapError::Io {
+        path: path.to_path_buf(),
+        source: io::ErrorKind::InvalidInput.into(),
+    })
+}
+
+/// The first page of a version 1 swap area of `bytes` bytes.
+pub fn swap_header(bytes: u64, page_size: u64, uuid: [u8; 16]) -> Result<Vec<u8>, SwapError> {
+    let bad = || SwapError::BadSize { bytes, page_size };
+    let ps = usize::try_from(page_size).map_err(|_| bad())?;
+    if ps < 4096 || !ps.is_power_of_two() {
+        return Err(bad());
+    }
+    let pages = bytes / page_size;
+    if pages < MIN_SWAP_PAGES {
+        return Err(bad());
+    }
+    let last_page = u32::try_from(pages - 1).map_err(|_| bad())?;
+
+    let mut h = vec![0u8; ps];
+    let info = &mut h[INFO_OFFSET..];
+    info[0..4].copy_from_slice(&1u32.to_ne_bytes()); // version
+    info[4..8].copy_from_slice(&last_page.to_ne_bytes()); // last_page
+    info[8..12].copy_from_slice(&0u32.to_ne_bytes()); // nr_badpages
+    info[12..28].copy_from_slice(&uuid); // sws_uuid; sws_volume stays empty
+    h[ps - SWAP_MAGIC.len()..].copy_from_slice(SWAP_MAGIC);
+    Ok(h)
+}
+
+/// A UUID (version 4 layout) from the clock and the pid; it only has to
+/// differ between runs.
+pub fn make_uuid() -> [u8; 16] {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mut u = (now ^ (u128::from(std::process::id()) << 64)).to_le_bytes();
+    u[6] = (u[6] & 0x0f) | 0x40;
+    u[8] = (u[8] & 0x3f) | 0x80;
+    u
+}
+
+/// Host page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no memory safety requirements.
+    let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(ps).ok().filter(|p| *p > 0).unwrap_or(4096)
+}
+
+/// Whether `path` is the root of a cgroup2 file system.
+pub fn is_cgroup2(path: &Path) -> bool {
+    let Ok(c) = cstring(path) else {
+        return false;
+    };
+    // SAFETY: statfs is plain data; zero is a valid value for it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `st` is valid for writing.
+    let ret = unsafe { libc::statfs(c.as_ptr(), &mut st) };
+    // f_type's integer type differs between libcs; compare as u64.
+    ret == 0 && st.f_type as u64 == CGROUP2_SUPER_MAGIC
+}
+
+/// Mounts cgroup2 on `path` unless it is there already. Returns whether it
+/// mounted it.
+pub fn ensure_cgroup2(path: &Path) -> Result<bool, SwapError> {
+    if is_cgroup2(path) {
+        return Ok(false);
+    }
+    fs::create_dir_all(path).map_err(io_err(path))?;
+    let target = cstring(path)?;
+    let fstype = c"cgroup2";
+    // SAFETY: all strings are NUL-terminated and live for the call; no
+    // data argument.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(SwapError::Mount {
+            path: path.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
+}
+
+/// A zram device in use as swap; swapped off and reset on drop.
+pub struct ZramSwap {
+    device: PathBuf,
+    sysfs: PathBuf,
+}
+
+impl ZramSwap {
+    /// Sizes zram device `name` (e.g. `zram0`) to `mib` MiB, writes a swap
+    /// header and swaps on it. `dev` and `sys_block` are `/dev` and
+    /// `/sys/block` (parameters for tests).
+    pub fn setup(
+        dev: &Path,
+        sys_block: &Path,
+        name: &str,
+        mib: u64,
+    ) -> Result<ZramSwap, SwapError> {
+        let device = dev.join(name);
+        let sysfs = sys_block.join(name);
+        let bytes = mib.checked_mul(1 << 20).ok_or(SwapError::BadSize {
+            bytes: u64::MAX,
+            page_size: page_size(),
+        })?;
+        let header = swap_header(bytes, page_size(), make_uuid())?;
+
+        // A size set by an earlier run must be reset before a new one.
+        let disksize = sysfs.join("disksize");
+        let current = fs::read_to_string(&disksize).map_err(io_err(&disksize))?;
+        if current.trim() != "0" {
+            let reset = sysfs.join("reset");
+            fs::write(&reset, "1").map_err(io_err(&reset))?;
+        }
+        fs::write(&disksize, bytes.to_string()).map_err(io_err(&disksize))?;
+
+        let mut f = OpenOptions::new()
+            .write(true)
+            .open(&device)
+            .map_err(io_err(&device))?;
+        f.write_all(&header).map_err(io_err(&device))?;
+        f.sync_all().map_err(io_err(&device))?;
+        drop(f);
+
+        let c = cstring(&device)?;
+        // SAFETY: `c` is NUL-terminated; no flags.
+        if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+            return Err(SwapError::Swapon {
+                path: device,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(ZramSwap { device, sysfs })
+    }
+
+    /// The swap device.
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+}
+
+impl Drop for ZramSwap {
+    fn drop(&mut self) {
+        if let Ok(c) = cstring(&self.device) {
+            // SAFETY: `c` is NUL-terminated.
+            if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+                eprintln!(
+                    "apf-e2e: warning: swapoff({}): {}",
+                    self.device.display(),
+                    io::Error::last_os_error()
+                );
+                return;
+            }
+        }
+        let _ = fs::write(self.sysfs.join("reset"), "1");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout() {
+        let uuid = [7u8; 16];
+        let h = swap_header(512 << 20, 4096, uuid).unwrap();
+        assert_eq!(h.len(), 4096);
+        assert_eq!(&h[4086..], b"SWAPSPACE2");
+        assert!(h[..1024].iter().all(|b| *b == 0), "boot block empty");
+        let u32_at = |o: usize| u32::from_ne_bytes([h[o], h[o + 1], h[o + 2], h[o + 3]]);
+        assert_eq!(u32_at(1024), 1, "version");
+        assert_eq!(u32_at(1028), (512 << 20) / 4096 - 1, "last_page");
+        assert_eq!(u32_at(1032), 0, "nr_badpages");
+        assert_eq!(&h[1036..1052], &uuid);
+        assert!(h[1052..4086].iter().all(|b| *b == 0));
+
+        let h = swap_header(64 << 20, 65536, uuid).unwrap();
+        assert_eq!(h.len(), 65536);
+        assert_eq!(&h[65526..], b"SWAPSPACE2");
+        assert_eq!(
+            u32::from_ne_bytes([h[1028], h[1029], h[1030], h[1031]]),
+            1023
+        );
+    }
+
+    #[test]
+    fn bad_sizes() {
+        assert!(swap_header(9 * 4096, 4096, [0; 16]).is_err());
+        assert!(swap_header(1 << 20, 1000, [0; 16]).is_err());
+        assert!(swap_header(1 << 20, 2048, [0; 16]).is_err());
+        assert!(swap_header(u64::MAX, 4096, [0; 16]).is_err());
+        assert!(swap_header(10 * 4096, 4096, [0; 16]).is_ok());
+    }
+
+    #[test]
+    fn uuid_is_v4_shaped() {
+        let u = make_uuid();
+        assert_eq!(u[6] >> 4, 4);
+        assert_eq!(u[8] >> 6, 2);
+    }
+
+    #[test]
+    fn zram_setup_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("apf-e2e-zram-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("sys/zram0")).unwrap();
+        // No disksize file: the error names it.
+        let e = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 16)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("disksize"), "{e}");
+        // With sysfs files but no device: sized, then the device is missing.
+        fs::write(dir.join("sys/zram0/disksize"), "0").unwrap();
+        let e = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 16)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("dev/zram0"), "{e}");
+        assert_eq!(
+            fs::read_to_string(dir.join("sys/zram0/disksize")).unwrap(),
+            (16u64 << 20).to_string()
+        );
+        // An earlier size is reset first.
+        fs::write(dir.join("sys/zram0/reset"), "").unwrap();
+        let _ = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 8);
+        assert_eq!(
+            fs::read_to_string(dir.join("sys/zram0/reset")).unwrap(),
+            "1"
+        );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn tmp_is_not_cgroup2() {
+        assert!(!is_cgroup2(&std::env::temp_dir()));
+        assert!(!is_cgroup2(Path::new("/nonexistent/apf-e2e")));
+    }
+}

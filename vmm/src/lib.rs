@@ -1,0 +1,10 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! Library part of the apf-vmm crate: the pieces of the `apf-e2e` driver
+//! that are tested on any host (argument parsing, reading the console
+//! output, the checks, the swap header). The VMM itself is the `apf-vmm`
+//! binary (`src/main.rs`).
+
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod e2e;
