@@ -6,7 +6,7 @@ export B
 S := scripts
 
 # Lists of tests run inside the emulated host, in order.
-TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/regression.list
+TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/e2e.list tests/regression.list
 RUN_LISTS := $(or $(wildcard tests/apf.list),tests/regression.list)
 
 .PHONY: all deps tree config kernel selftests guest vmm-test test run check series refresh clean help
@@ -39,9 +39,10 @@ kernel: config
 selftests: kernel
 	@$(S)/selftests.sh
 
-# The VMM (vmm/) and the guest's kernel and initramfs, for the emulated host.
+# The VMM and e2e driver (vmm/) and the guest's kernel and initramfs, for
+# the emulated host; the guest runs what tests/guest.list says.
 guest: kernel
-	@$(S)/guest.sh
+	@$(S)/guest.sh tests/guest.list
 
 # The VMM's own unit tests, on the build machine.
 vmm-test: deps

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# What the emulated host needs to boot guests: the VMM (a static aarch64
-# build of vmm/), and the same kernel Image with a guest initramfs. They
-# go into $B/initramfs-extra, which initramfs.sh copies into the host's.
-# Usage: guest.sh [GUEST_LIST...]
+# What the emulated host needs to boot guests: the VMM and the e2e driver
+# (static aarch64 builds of vmm/), and the same kernel Image with a guest
+# initramfs holding the APF workload. They go into $B/initramfs-extra,
+# which initramfs.sh copies into the host's.
+# Usage: guest.sh [GUEST_LIST...]  (the lists become the guest's tests.list)
 source "$(dirname "$0")/lib.sh"
 
 extra=$B/initramfs-extra
@@ -12,14 +13,19 @@ say "building the VMM (vmm/, static aarch64; log: $B/logs/vmm.log)"
 # Cargo reads vmm/.cargo/config.toml (the rust-lld linker) from the cwd.
 (cd "$TOP/vmm" && run_logged vmm "$B/logs/vmm.log" \
 	cargo build --release --locked --target aarch64-unknown-linux-musl)
-cp "$TOP/vmm/target/aarch64-unknown-linux-musl/release/apf-vmm" "$extra/bin/"
-aarch64-linux-gnu-strip "$extra/bin/apf-vmm"
+for bin in apf-vmm apf-e2e; do
+	cp "$TOP/vmm/target/aarch64-unknown-linux-musl/release/$bin" "$extra/bin/"
+	aarch64-linux-gnu-strip "$extra/bin/$bin"
+done
 
 cp "$KOUT/arch/arm64/boot/Image" "$extra/guest/Image"
 stage=$B/guest-initramfs.d
 rm -rf "$stage"; mkdir -p "$stage"/{bin,etc,proc,sys,dev,tmp}
 aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -o "$stage/init" \
 	"$TOP/userspace/init/init.c" || die "cannot build userspace/init/init.c"
+aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -pthread -o "$stage/bin/apf-workload" \
+	"$TOP/userspace/workload/apf-workload.c" || die "cannot build userspace/workload/apf-workload.c"
+aarch64-linux-gnu-strip "$stage/bin/apf-workload"
 echo guest >"$stage/etc/marker"
 : >"$stage/etc/tests.list"
 [ $# -eq 0 ] || grep -hv '^\s*#' "$@" | sed '/^\s*$/d' >"$stage/etc/tests.list"
