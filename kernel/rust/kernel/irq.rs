@@ -1,0 +1,225 @@
+// SPDX-License-Identifier: GPL-2.0
+
+//! Interrupts: local masking, per-CPU interrupts and GIC PPI mapping.
+//!
+//! Only what per-CPU paravirtual features need: a scoped guard that masks
+//! interrupts on the local CPU, and a per-CPU interrupt line (a PPI on arm64)
+//! whose handler runs on the CPU that took it.
+//!
+//! C headers: [`include/linux/interrupt.h`](srctree/include/linux/interrupt.h),
+//! [`include/linux/irqflags.h`](srctree/include/linux/irqflags.h).
+
+use crate::{bindings, error::to_result, prelude::*, str::CStr};
+use core::{ffi::c_void, marker::PhantomData};
+
+/// Interrupts masked on the local CPU for as long as the guard lives.
+///
+/// While it lives the task cannot be preempted or migrated, and no
+/// interrupt handler runs on this CPU, so data shared only with this CPU's
+/// interrupt handlers may be locked with a plain spinlock.
+///
+/// # Invariants
+///
+/// `flags` holds the interrupt state saved by `local_irq_save()` on this CPU.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::irq::LocalIrqDisabled;
+///
+/// let guard = LocalIrqDisabled::new();
+/// assert!(guard.cpu() < kernel::irq::nr_cpu_ids());
+/// ```
+pub struct LocalIrqDisabled {
+    flags: usize,
+    // The guard must be dropped on the CPU that created it.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl LocalIrqDisabled {
+    /// Masks interrupts on the local CPU, remembering the previous state.
+    pub fn new() -> Self {
+        // INVARIANT: the flags come from `local_irq_save()` on this CPU.
+        Self {
+            // SAFETY: Saving and masking the local interrupt state is always
+            // allowed; `Drop` restores it.
+            flags: unsafe { bindings::local_irq_save() },
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Returns the number of the CPU the caller runs on, which cannot change
+    /// while the guard lives.
+    pub fn cpu(&self) -> u32 {
+        // SAFETY: Always callable; with interrupts masked the result is stable.
+        unsafe { bindings::raw_smp_processor_id() as u32 }
+    }
+}
+
+impl Default for LocalIrqDisabled {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for LocalIrqDisabled {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant `flags` was saved on this CPU, and
+        // the guard is not `Send`, so this still is that CPU.
+        unsafe { bindings::local_irq_restore(self.flags) };
+    }
+}
+
+/// Returns one more than the highest possible CPU number.
+pub fn nr_cpu_ids() -> u32 {
+    // SAFETY: `nr_cpu_ids` is set during early boot and not written after.
+    unsafe { bindings::nr_cpu_ids }
+}
+
+/// Whether an interrupt handler dealt with its interrupt (`irqreturn_t`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IrqReturn {
+    /// The interrupt was not from this device.
+    None,
+    /// The interrupt was handled.
+    Handled,
+}
+
+/// The handler of a per-CPU interrupt.
+pub trait PercpuHandler {
+    /// Handles the interrupt on `cpu`, with interrupts masked.
+    fn handle(cpu: u32) -> IrqReturn;
+}
+
+/// A requested per-CPU interrupt (`request_percpu_irq()`).
+///
+/// The line starts disabled on every CPU; each CPU enables its own with
+/// [`PercpuIrq::enable_local`], typically from a CPU hotplug callback.
+///
+/// # Invariants
+///
+/// `irq` was requested with `H`'s trampoline and `cookie`, a live per-CPU
+/// allocation, as its per-CPU device id; both are freed on drop.
+pub struct PercpuIrq<H: PercpuHandler> {
+    irq: u32,
+    cookie: *mut c_void,
+    _handler: PhantomData<H>,
+}
+
+// SAFETY: The line may be enabled, disabled and freed from any CPU; the
+// handler is a plain function.
+unsafe impl<H: PercpuHandler> Send for PercpuIrq<H> {}
+// SAFETY: `enable_local` and `disable_local` only touch the calling CPU's
+// state, which the C side synchronises.
+unsafe impl<H: PercpuHandler> Sync for PercpuIrq<H> {}
+
+unsafe extern "C" fn percpu_trampoline<H: PercpuHandler>(
+    _irq: core::ffi::c_int,
+    _dev: *mut c_void,
+) -> bindings::irqreturn_t {
+    // SAFETY: Hard interrupt context: interrupts are masked, so the CPU
+    // number is stable.
+    let cpu = unsafe { bindings::raw_smp_processor_id() as u32 };
+    match H::handle(cpu) {
+        IrqReturn::None => bindings::irqreturn_IRQ_NONE,
+        IrqReturn::Handled => bindings::irqreturn_IRQ_HANDLED,
+    }
+}
+
+impl<H: PercpuHandler> PercpuIrq<H> {
+    /// Requests the per-CPU interrupt `irq` (a Linux interrupt number).
+    pub fn request(irq: u32, name: &'static CStr) -> Result<Self> {
+        // SAFETY: A one-byte per-CPU allocation (`__alloc_percpu()`); it
+        // only serves as the non-NULL device id `request_percpu_irq()` wants.
+        let cookie = unsafe { bindings::pcpu_alloc_noprof(1, 1, false, bindings::GFP_KERNEL) };
+        if cookie.is_null() {
+            return Err(ENOMEM);
+        }
+        // SAFETY: `name` is static, `cookie` is a live per-CPU pointer and the
+        // trampoline has the signature of `irq_handler_t`.
+        let ret = unsafe {
+            bindings::__request_percpu_irq(
+                irq,
+                Some(percpu_trampoline::<H>),
+                0,
+                name.as_char_ptr(),
+                cookie,
+            )
+        };
+        if let Err(e) = to_result(ret) {
+            // SAFETY: `cookie` came from `__alloc_percpu()` and is unused.
+            unsafe { bindings::free_percpu(cookie) };
+            return Err(e);
+        }
+        // INVARIANT: `irq` is now requested with `cookie`.
+        Ok(Self {
+            irq,
+            cookie,
+            _handler: PhantomData,
+        })
+    }
+
+    /// Enables the interrupt on the calling CPU, with the trigger type the
+    /// firmware description gave it.
+    pub fn enable_local(&self) {
+        // SAFETY: By the type invariant `irq` is a requested per-CPU line.
+        unsafe { bindings::enable_percpu_irq(self.irq, bindings::IRQ_TYPE_NONE) };
+    }
+
+    /// Disables the interrupt on the calling CPU.
+    pub fn disable_local(&self) {
+        // SAFETY: By the type invariant `irq` is a requested per-CPU line.
+        unsafe { bindings::disable_percpu_irq(self.irq) };
+    }
+}
+
+impl<H: PercpuHandler> Drop for PercpuIrq<H> {
+    fn drop(&mut self) {
+        // SAFETY: By the type invariant the line was requested with `cookie`.
+        // The caller must have disabled it on every CPU, as the C API asks.
+        unsafe {
+            bindings::free_percpu_irq(self.irq, self.cookie);
+            bindings::free_percpu(self.cookie);
+        }
+    }
+}
+
+/// Maps a GIC PPI, given by its INTID (16 to 31), to a Linux interrupt
+/// number, level-triggered and active high.
+///
+/// The GIC is found as the interrupt parent of the device tree's root, and
+/// the specifier is the three-cell one of the GICv2 and GICv3 bindings.
+/// Returns `ENODEV` on a system not described by a device tree.
+pub fn gic_ppi(intid: u32) -> Result<u32> {
+    /// `GIC_PPI` of `dt-bindings/interrupt-controller/arm-gic.h`.
+    const GIC_PPI: u32 = 1;
+    if !(16..32).contains(&intid) {
+        return Err(EINVAL);
+    }
+    // SAFETY: `of_root` is set up during early boot; `of_irq_find_parent()`
+    // accepts NULL and returns a node with a reference taken, or NULL.
+    let gic = unsafe { bindings::of_irq_find_parent(bindings::of_root) };
+    if gic.is_null() {
+        return Err(ENODEV);
+    }
+    let mut param = [0u32; bindings::IRQ_DOMAIN_IRQ_SPEC_PARAMS as usize];
+    param[0] = GIC_PPI;
+    param[1] = intid - 16;
+    param[2] = bindings::IRQ_TYPE_LEVEL_HIGH;
+    let mut spec = bindings::irq_fwspec {
+        // SAFETY: `gic` is a valid node while we hold the reference.
+        fwnode: unsafe { core::ptr::addr_of_mut!((*gic).fwnode) },
+        param_count: 3,
+        param,
+    };
+    // SAFETY: `spec` is a valid specifier naming a live node.
+    let virq = unsafe { bindings::irq_create_fwspec_mapping(&mut spec) };
+    // SAFETY: Drops the reference `of_irq_find_parent()` took; the mapping
+    // holds its own.
+    unsafe { bindings::of_node_put(gic) };
+    if virq == 0 {
+        Err(ENXIO)
+    } else {
+        Ok(virq)
+    }
+}
