@@ -21,7 +21,7 @@ say "booting the emulated host (QEMU TCG, -cpu max, EL2; console log: $log)"
 
 set +e
 timeout -k 10 "$budget" qemu-system-aarch64 \
-	-M virt,virtualization=on,gic-version=3 -cpu max -smp "${SMP:-2}" -m "${MEM:-4G}" \
+	-M virt,virtualization=on,gic-version=3 -cpu "${QEMU_CPU:-max,lpa2=off}" -smp "${SMP:-2}" -m "${MEM:-4G}" \
 	-nographic -no-reboot -kernel "$image" -initrd "$initrd" \
 	-append "console=ttyAMA0 panic=-1 ${CMDLINE:-}" </dev/null 2>"$B/logs/$name-qemu.err" |
 	python3 "$TOP/scripts/report.py" "$log" "$mode" kunit:rust_doctests_kernel $expected
