@@ -185,6 +185,9 @@ fn run(p: Prepared) -> Result<u8, Error> {
     };
 
     let mem = memory::create(&layout)?;
+    if args.mem_mode == MemMode::Cgroup {
+        memory::no_huge_pages(&mem, &layout)?;
+    }
     memory::load_kernel(&mem, &args.kernel, &layout)?;
     if let (Some(path), Some(region)) = (args.initrd.as_deref(), layout.initrd) {
         memory::load_initrd(&mem, path, region)?;

@@ -29,6 +29,9 @@ pub enum MemoryError {
     /// A host address for guest RAM could not be obtained.
     #[error("guest RAM host address: {0}")]
     HostAddress(vm_memory::GuestMemoryError),
+    /// `madvise()` on guest RAM failed.
+    #[error("madvise(MADV_NOHUGEPAGE) on guest RAM: {0}")]
+    Advise(std::io::Error),
     /// An input file could not be opened.
     #[error("opening {path}: {source}")]
     Open {
@@ -85,6 +88,23 @@ pub fn create(layout: &Layout) -> Result<GuestMem, MemoryError> {
             source,
         }
     })
+}
+
+/// Backs guest RAM with base pages only (`MADV_NOHUGEPAGE`).
+///
+/// Under a memory cgroup limit the host must swap guest pages out one by
+/// one; transparent huge pages would have to be split first, and under a
+/// tight limit the cgroup runs out of memory before that happens.
+pub fn no_huge_pages(mem: &GuestMem, layout: &Layout) -> Result<(), MemoryError> {
+    let base = host_base(mem, layout)?;
+    // SAFETY: `base` and the size describe exactly the guest RAM mapping,
+    // which lives as long as `mem`; the advice does not change its contents.
+    let ret =
+        unsafe { libc::madvise(base.cast(), layout.ram.size as usize, libc::MADV_NOHUGEPAGE) };
+    if ret != 0 {
+        return Err(MemoryError::Advise(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Host virtual address of the start of guest RAM (the mapping is contiguous).
