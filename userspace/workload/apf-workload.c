@@ -17,7 +17,8 @@
  * With APF_WL_HOTPLUG=1 a thread takes CPU 1 offline and back online three
  * times during the rounds, while faults are in flight.
  *
- * Output (stdout): progress lines "workload: round R/N done (proc P)",
+ * Output (stdout): progress lines "workload: round R/N done (proc P, APF
+ * so far: ...)",
  * then "workload: ok procs=.. threads=.. mib=.. rounds=.. pages=..
  * compute_iters=.." or "workload: FAIL ..." (exit 1), then /proc/kvm_apf,
  * if present, as "workload: kvm_apf KEY VALUE" lines. Bad settings: exit 2.
@@ -186,6 +187,26 @@ static int verify_page(struct writer *wr, size_t p, long round)
 	return 0;
 }
 
+/* " (APF so far: not_present=N ready=M)" from /proc/kvm_apf, or "". */
+static void apf_so_far(char *buf, size_t len)
+{
+	unsigned long long np = 0, rd = 0, v;
+	char key[64];
+	FILE *f = fopen("/proc/kvm_apf", "r");
+
+	buf[0] = 0;
+	if (!f)
+		return;
+	while (fscanf(f, "%63s %llu", key, &v) == 2) {
+		if (!strcmp(key, "not_present"))
+			np = v;
+		else if (!strcmp(key, "ready"))
+			rd = v;
+	}
+	fclose(f);
+	snprintf(buf, len, ", APF so far: not_present=%llu ready=%llu", np, rd);
+}
+
 static void *writer_main(void *arg)
 {
 	struct writer *wr = arg;
@@ -203,9 +224,13 @@ static void *writer_main(void *arg)
 			write_page(wr, p, round);
 		}
 		if (pthread_barrier_wait(wr->barrier) == PTHREAD_BARRIER_SERIAL_THREAD &&
-		    !atomic_load(&shared->failed))
-			printf("workload: round %ld/%ld done (proc %d)\n", round,
-			       cfg.rounds, wr->proc);
+		    !atomic_load(&shared->failed)) {
+			char apf[96];
+
+			apf_so_far(apf, sizeof(apf));
+			printf("workload: round %ld/%ld done (proc %d%s)\n", round,
+			       cfg.rounds, wr->proc, apf);
+		}
 	}
 	usleep(ROUND_PAUSE_US);
 	for (size_t p = 0; p < pages_per_thread && !atomic_load(&shared->failed); p++)
