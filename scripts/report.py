@@ -9,6 +9,7 @@ Results come from three places:
   - the kernel log itself: KVM must initialise at EL2, and no panic, Oops,
     WARN, lockdep or KASAN report, nor any "BUG:" line may appear.
 """
+import os
 import re
 import sys
 
@@ -24,11 +25,41 @@ KUNIT_SUITE = re.compile(r"^\s*# Subtest: (\S+)")
 KUNIT_TOP = re.compile(r"^(not ok|ok) \d+ (\S+)(.*)$")
 KUNIT_CASE = re.compile(r"^\s+(not ok|ok) \d+ ")
 END = re.compile(r"^@@ END (\S+) (\S+) (\S+)(?: (\d+))?")
+# In verbose mode (make run), the console lines shown unless SHOW_ALL=1:
+# APF, the e2e driver, the workload, the VMM's statistics and trouble.
+SHOWN = re.compile(r"apf|e2e:|workload:|uffd:|CPU\d+: Booted|psci: CPU\d+ killed|"
+                   r"error|warn|Oops|BUG|panic|Call trace", re.IGNORECASE)
+START = re.compile(r"^@@ START (\S+)")
+# What an end-to-end run (apf-e2e) says, for the APF on/hidden comparison.
+E2E_PASS = re.compile(r"^e2e: PASS not_present=(\d+) ready=(\d+) wall=([\d.]+)s")
+WORKLOAD_OK = re.compile(r"^workload: ok .*compute_iters=(\d+)")
+
+
+def compare(runs):
+    """Print APF on against APF hidden for pairs NAME / NAME-hidden."""
+    lines = []
+    for name, on in runs.items():
+        off = runs.get(name.replace("-uffd", "-hidden").replace("-on", "-hidden"))
+        if name.endswith("-hidden") or not off or off is on:
+            continue
+        if not all(k in r for r in (on, off) for k in ("wall", "iters")):
+            continue
+        rate_on, rate_off = on["iters"] / on["wall"], off["iters"] / off["wall"]
+        lines += [
+            f"APF on ({name}) against APF hidden ({name.replace('-uffd', '-hidden').replace('-on', '-hidden')}), same kernel and workload:",
+            f"  {'':10} {'wall':>8} {'not_present':>12} {'compute iterations/s':>22}",
+            f"  {'APF on':10} {on['wall']:7.1f}s {on['np']:12d} {rate_on:22.3e}",
+            f"  {'APF hidden':10} {off['wall']:7.1f}s {off['np']:12d} {rate_off:22.3e}",
+            f"  the compute thread ran {rate_on / rate_off:.2f}x as fast with APF on "
+            f"(ratio within this run; TCG timing, not hardware timing)",
+        ]
+    return lines
 
 
 def main():
     log = open(sys.argv[1], "w", buffering=1)
     verbose = len(sys.argv) > 2 and sys.argv[2] == "verbose"
+    show_all = os.environ.get("SHOW_ALL") == "1"
     expected = sys.argv[3:]
     passed = failed = skipped = 0
     bad_lines = []
@@ -36,6 +67,8 @@ def main():
     seen = set()
     cases = {}
     suite = None
+    runs = {}
+    current = None
 
     def result(status, name, detail=""):
         nonlocal passed, failed, skipped
@@ -54,7 +87,7 @@ def main():
     for raw in sys.stdin.buffer:
         text = raw.decode("utf-8", "replace").rstrip("\r\n")
         log.write(text + "\n")
-        if verbose and not text.startswith("@@"):
+        if verbose and not text.startswith("@@") and (show_all or SHOWN.search(text)):
             print("  | " + text, flush=True)
         kernel = bool(TS.match(text))
         body = TS.sub("", text)
@@ -81,6 +114,15 @@ def main():
                        f"{ok_n} passed, {bad_n} failed")
                 suite = None
             continue
+        m = START.match(body)
+        if m:
+            current = m.group(1)
+        m = WORKLOAD_OK.match(body)
+        if m and current:
+            runs.setdefault(current, {})["iters"] = int(m.group(1))
+        m = E2E_PASS.match(body)
+        if m and current:
+            runs.setdefault(current, {}).update(np=int(m.group(1)), wall=float(m.group(3)))
         m = END.match(body)
         if m:
             name, how, value, secs = m.groups()
@@ -106,6 +148,8 @@ def main():
             result("fail", name, "never reported")
     result("fail" if bad_lines else "ok", "console:clean",
            "; ".join(bad_lines[:3]) if bad_lines else "")
+    for line in compare(runs):
+        print(line, flush=True)
     print(f"{passed} passed, {failed} failed, {skipped} skipped", flush=True)
     sys.exit(1 if failed else 0)
 
