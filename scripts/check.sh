@@ -41,9 +41,16 @@ for p in "$TOP"/out/series/*.patch; do
 	fi
 done
 while read -r f; do
+	# KVM/arm64 files go to kvmarm; generic kernel-crate abstractions
+	# (rust/kernel/*.rs outside kvm/, rust/helpers/) to rust-for-linux.
+	case "$f" in
+	rust/kernel/kvm/* | rust/helpers/kvm.c | arch/* | Documentation/* | tools/*)
+		list=kvmarm@lists.linux.dev ;;
+	*)	list=rust-for-linux@vger.kernel.org ;;
+	esac
 	(cd "$TREE" && ./scripts/get_maintainer.pl --no-git --no-rolestats -f "$f" |
-		grep -q kvmarm@lists.linux.dev) ||
-		{ echo "MAINTAINERS: no KVM/arm64 entry covers $f"; fail=1; }
+		grep -q "$list") ||
+		{ echo "MAINTAINERS: no entry with $list covers $f"; fail=1; }
 done < <(cd "$TOP/kernel" && find . -type f | sed 's|^\./||')
 [ $fail = 0 ] || die "checkpatch found problems"
 say "check clean"

@@ -71,7 +71,8 @@ struct Block {
 const _: () = assert!(
     core::mem::size_of::<Block>() == core::mem::size_of::<bindings::kvm_vcpu_pv_apf_data>()
 );
-const _: () = assert!(core::mem::align_of::<Block>() == bindings::KVM_ASYNC_PF_BLOCK_ALIGN as usize);
+const _: () =
+    assert!(core::mem::align_of::<Block>() == bindings::KVM_ASYNC_PF_BLOCK_ALIGN as usize);
 
 /// A task parked on a token.
 #[pin_data]
@@ -83,7 +84,11 @@ struct Sleeper {
 /// An entry of the table of tokens.
 enum Entry {
     /// A task waits for `token`, which CPU `cpu` received.
-    Waiter { token: u32, cpu: u32, sleeper: Arc<Sleeper> },
+    Waiter {
+        token: u32,
+        cpu: u32,
+        sleeper: Arc<Sleeper>,
+    },
     /// `token` became ready, on CPU `cpu`, before its task parked.
     Ready { token: u32, cpu: u32 },
 }
