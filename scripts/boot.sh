@@ -11,6 +11,10 @@ image=$KOUT/arch/arm64/boot/Image
 command -v qemu-system-aarch64 >/dev/null || die "qemu-system-aarch64 missing (make deps)"
 
 initrd=$B/$name.cpio
+# A disk for the emulated host to swap to (e2e-swap): unlike zram, a disk
+# makes swap-ins wait for I/O, which is when APF steps in.
+swapdisk=$B/swap-disk.img
+[ -f "$swapdisk" ] || truncate -s 512M "$swapdisk"
 "$TOP/scripts/initramfs.sh" "$initrd" "$@"
 expected=$(awk '!/^[[:space:]]*(#|$)/{print $1}' "$B/initramfs.d/etc/tests.list")
 # The whole run may take the sum of the tests' timeouts plus boot time.
@@ -23,6 +27,8 @@ set +e
 timeout -k 10 "$budget" qemu-system-aarch64 \
 	-M virt,virtualization=on,gic-version=3 -cpu "${QEMU_CPU:-max,lpa2=off}" -smp "${SMP:-2}" -m "${MEM:-4G}" \
 	-nographic -no-reboot -kernel "$image" -initrd "$initrd" \
+	-drive file="$swapdisk",if=none,format=raw,cache=unsafe,id=swap \
+	-device virtio-blk-pci,drive=swap \
 	-append "console=ttyAMA0 panic=-1 ${CMDLINE:-}" </dev/null 2>"$B/logs/$name-qemu.err" |
 	python3 "$TOP/scripts/report.py" "$log" "$mode" kunit:rust_doctests_kernel $expected
 status=("${PIPESTATUS[@]}")

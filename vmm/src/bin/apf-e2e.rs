@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use apf_vmm::e2e::args::{self, E2eArgs, E2eCommand};
 use apf_vmm::e2e::check::{self, VmmEnd};
 use apf_vmm::e2e::parse::Observations;
-use apf_vmm::e2e::swap::{self, ZramSwap};
+use apf_vmm::e2e::swap::{self, DiskSwap, ZramSwap};
 
 const EXIT_FAIL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -120,16 +120,32 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<VmmEnd> {
 fn run(args: E2eArgs) -> u8 {
     let start = Instant::now();
 
+    if args.swap_zram_mib.is_some() || args.swap_disk.is_some() {
+        // Swap is for the cgroup memory mode, which needs cgroup v2.
+        match swap::ensure_cgroup2(Path::new(CGROUP_ROOT)) {
+            Ok(true) => say(&format!("e2e: mounted cgroup2 on {CGROUP_ROOT}")),
+            Ok(false) => {}
+            // The VMM says so itself if it needs it.
+            Err(e) => say(&format!("e2e: warning: {e}")),
+        }
+    }
+    let _disk = match args.swap_disk.as_deref() {
+        None => None,
+        Some(name) => match DiskSwap::setup(Path::new("/dev"), Path::new("/sys/block"), name) {
+            Ok(d) => {
+                say(&format!("e2e: swap on {}", d.device().display()));
+                Some(d)
+            }
+            Err(e) => {
+                say(&format!("e2e: check swap: FAIL ({e})"));
+                say("e2e: FAIL (swap)");
+                return EXIT_FAIL;
+            }
+        },
+    };
     let zram = match args.swap_zram_mib {
         None => None,
         Some(mib) => {
-            // Swap is for the cgroup memory mode, which needs cgroup v2.
-            match swap::ensure_cgroup2(Path::new(CGROUP_ROOT)) {
-                Ok(true) => say(&format!("e2e: mounted cgroup2 on {CGROUP_ROOT}")),
-                Ok(false) => {}
-                // The VMM says so itself if it needs it.
-                Err(e) => say(&format!("e2e: warning: {e}")),
-            }
             match ZramSwap::setup(Path::new("/dev"), Path::new("/sys/block"), "zram0", mib) {
                 Ok(z) => {
                     say(&format!("e2e: swap on {}, {mib} MiB", z.device().display()));

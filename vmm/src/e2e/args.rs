@@ -32,8 +32,10 @@ pub enum Expect {
 pub struct E2eArgs {
     /// Expected APF activity.
     pub expect: Expect,
-    /// zram swap size in MiB, if swap is to be set up.
+    /// zram swap size in MiB, if swap is to be set up on zram.
     pub swap_zram_mib: Option<u64>,
+    /// Block device (a name in `/dev`, e.g. `vda`) to use whole as swap.
+    pub swap_disk: Option<String>,
     /// Kill the VMM after this many seconds.
     pub timeout_secs: u64,
     /// The VMM and its arguments.
@@ -89,6 +91,7 @@ pub fn usage() -> String {
          \x20                       none: no APF event at all (APF hidden)\n\
          \x20                       (default: only host/guest agreement)\n\
          \x20 --swap-zram MIB       set up MIB of swap on /dev/zram0 for the run, {MIN_SWAP_MIB}..{MAX_SWAP_MIB}\n\
+         \x20 --swap-disk NAME      use block device /dev/NAME (e.g. vda) whole as swap for the run\n\
          \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
          \x20 -h, --help            this text\n"
     )
@@ -127,6 +130,7 @@ where
     let mut iter = args.into_iter();
     let mut expect = None;
     let mut swap = None;
+    let mut disk = None;
     let mut timeout = None;
     let mut command = None;
 
@@ -146,6 +150,7 @@ where
         let option: &'static str = match name.as_str() {
             "--expect" => "--expect",
             "--swap-zram" => "--swap-zram",
+            "--swap-disk" => "--swap-disk",
             "--timeout" => "--timeout",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
@@ -172,6 +177,19 @@ where
                 let n = number(option, &value, MIN_SWAP_MIB, MAX_SWAP_MIB)?;
                 set_once(&mut swap, option, n)?;
             }
+            "--swap-disk" => {
+                let name = value
+                    .to_str()
+                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()));
+                let Some(name) = name else {
+                    return Err(E2eArgsError::InvalidValue {
+                        option,
+                        value: value.to_string_lossy().into_owned(),
+                        reason: "expected a block device name such as vda".into(),
+                    });
+                };
+                set_once(&mut disk, option, name.to_string())?;
+            }
             _ => {
                 let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
                 set_once(&mut timeout, option, n)?;
@@ -185,6 +203,7 @@ where
     Ok(E2eCommand::Run(E2eArgs {
         expect: expect.unwrap_or(Expect::Any),
         swap_zram_mib: swap,
+        swap_disk: disk,
         timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         command,
     }))
@@ -266,5 +285,14 @@ mod tests {
         }
         assert_eq!(p(&["--help"]), Ok(E2eCommand::Help));
         assert!(usage().contains("--swap-zram"));
+    }
+
+    #[test]
+    fn swap_disk_names() {
+        let a = run(&["--swap-disk", "vda", "--", "v"]);
+        assert_eq!(a.swap_disk.as_deref(), Some("vda"));
+        for bad in ["", "../vda", "vd a"] {
+            assert!(p(&["--swap-disk", bad, "--", "v"]).is_err(), "{bad:?}");
+        }
     }
 }

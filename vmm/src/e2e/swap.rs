@@ -161,6 +161,71 @@ pub fn ensure_cgroup2(path: &Path) -> Result<bool, SwapError> {
     Ok(true)
 }
 
+/// Writes a swap header to `device` and swaps on it.
+fn swap_on(device: &Path, bytes: u64) -> Result<(), SwapError> {
+    let header = swap_header(bytes, page_size(), make_uuid())?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .open(device)
+        .map_err(io_err(device))?;
+    f.write_all(&header).map_err(io_err(device))?;
+    f.sync_all().map_err(io_err(device))?;
+    drop(f);
+    let c = cstring(device)?;
+    // SAFETY: `c` is NUL-terminated; no flags.
+    if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
+        return Err(SwapError::Swapon {
+            path: device.to_path_buf(),
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(())
+}
+
+/// A whole block device in use as swap; swapped off on drop.
+///
+/// Unlike zram, a disk is not a synchronous swap device: a swap-in waits
+/// for I/O, so KVM's non-blocking fault-in fails and APF can step in.
+pub struct DiskSwap {
+    device: PathBuf,
+}
+
+impl DiskSwap {
+    /// Swaps on block device `name` (e.g. `vda`), all of it. `dev` and
+    /// `sys_block` are `/dev` and `/sys/block` (parameters for tests).
+    pub fn setup(dev: &Path, sys_block: &Path, name: &str) -> Result<DiskSwap, SwapError> {
+        let device = dev.join(name);
+        let size = sys_block.join(name).join("size");
+        let text = fs::read_to_string(&size).map_err(io_err(&size))?;
+        let sectors: u64 = text.trim().parse().map_err(|_| SwapError::Io {
+            path: size.clone(),
+            source: io::ErrorKind::InvalidData.into(),
+        })?;
+        swap_on(&device, sectors.saturating_mul(512))?;
+        Ok(DiskSwap { device })
+    }
+
+    /// The swap device.
+    pub fn device(&self) -> &Path {
+        &self.device
+    }
+}
+
+impl Drop for DiskSwap {
+    fn drop(&mut self) {
+        if let Ok(c) = cstring(&self.device) {
+            // SAFETY: `c` is NUL-terminated.
+            if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+                eprintln!(
+                    "apf-e2e: warning: swapoff({}): {}",
+                    self.device.display(),
+                    io::Error::last_os_error()
+                );
+            }
+        }
+    }
+}
+
 /// A zram device in use as swap; swapped off and reset on drop.
 pub struct ZramSwap {
     device: PathBuf,
@@ -183,8 +248,6 @@ impl ZramSwap {
             bytes: u64::MAX,
             page_size: page_size(),
         })?;
-        let header = swap_header(bytes, page_size(), make_uuid())?;
-
         // A size set by an earlier run must be reset before a new one.
         let disksize = sysfs.join("disksize");
         let current = fs::read_to_string(&disksize).map_err(io_err(&disksize))?;
@@ -192,24 +255,10 @@ impl ZramSwap {
             let reset = sysfs.join("reset");
             fs::write(&reset, "1").map_err(io_err(&reset))?;
         }
+        // Checked before the device is touched.
+        swap_header(bytes, page_size(), make_uuid())?;
         fs::write(&disksize, bytes.to_string()).map_err(io_err(&disksize))?;
-
-        let mut f = OpenOptions::new()
-            .write(true)
-            .open(&device)
-            .map_err(io_err(&device))?;
-        f.write_all(&header).map_err(io_err(&device))?;
-        f.sync_all().map_err(io_err(&device))?;
-        drop(f);
-
-        let c = cstring(&device)?;
-        // SAFETY: `c` is NUL-terminated; no flags.
-        if unsafe { libc::swapon(c.as_ptr(), 0) } != 0 {
-            return Err(SwapError::Swapon {
-                path: device,
-                source: io::Error::last_os_error(),
-            });
-        }
+        swap_on(&device, bytes)?;
         Ok(ZramSwap { device, sysfs })
     }
 
