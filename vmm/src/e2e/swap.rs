@@ -211,18 +211,23 @@ impl DiskSwap {
     }
 }
 
+/// Swaps off `device`; warns and returns `false` if that fails.
+fn swap_off(device: &Path) -> bool {
+    let Ok(c) = cstring(device) else {
+        return false;
+    };
+    // SAFETY: `c` is NUL-terminated.
+    if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
+        let err = io::Error::last_os_error();
+        eprintln!("apf-e2e: warning: swapoff({}): {err}", device.display());
+        return false;
+    }
+    true
+}
+
 impl Drop for DiskSwap {
     fn drop(&mut self) {
-        if let Ok(c) = cstring(&self.device) {
-            // SAFETY: `c` is NUL-terminated.
-            if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
-                eprintln!(
-                    "apf-e2e: warning: swapoff({}): {}",
-                    self.device.display(),
-                    io::Error::last_os_error()
-                );
-            }
-        }
+        swap_off(&self.device);
     }
 }
 
@@ -270,18 +275,9 @@ impl ZramSwap {
 
 impl Drop for ZramSwap {
     fn drop(&mut self) {
-        if let Ok(c) = cstring(&self.device) {
-            // SAFETY: `c` is NUL-terminated.
-            if unsafe { libc::swapoff(c.as_ptr()) } != 0 {
-                eprintln!(
-                    "apf-e2e: warning: swapoff({}): {}",
-                    self.device.display(),
-                    io::Error::last_os_error()
-                );
-                return;
-            }
+        if swap_off(&self.device) {
+            let _ = fs::write(self.sysfs.join("reset"), "1");
         }
-        let _ = fs::write(self.sysfs.join("reset"), "1");
     }
 }
 
