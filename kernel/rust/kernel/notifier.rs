@@ -51,21 +51,15 @@ unsafe impl<T: NotifierHandler> Send for Notifier<T> {}
 // SAFETY: No method gives access to the block.
 unsafe impl<T: NotifierHandler> Sync for Notifier<T> {}
 
-unsafe extern "C" fn reboot_trampoline<T: NotifierHandler>(
+/// The `notifier_call` of a block on the panic chain (`PANIC`) or the
+/// reboot chain.
+unsafe extern "C" fn trampoline<T: NotifierHandler, const PANIC: bool>(
     _nb: *mut bindings::notifier_block,
     action: c_ulong,
     _data: *mut c_void,
 ) -> c_int {
-    T::notify(Chain::Reboot, action as u64);
-    bindings::NOTIFY_DONE as c_int
-}
-
-unsafe extern "C" fn panic_trampoline<T: NotifierHandler>(
-    _nb: *mut bindings::notifier_block,
-    action: c_ulong,
-    _data: *mut c_void,
-) -> c_int {
-    T::notify(Chain::Panic, action as u64);
+    let chain = if PANIC { Chain::Panic } else { Chain::Reboot };
+    T::notify(chain, action as u64);
     bindings::NOTIFY_DONE as c_int
 }
 
@@ -73,8 +67,8 @@ impl<T: NotifierHandler> Notifier<T> {
     /// Registers `T` on `chain`.
     pub fn register(chain: Chain) -> Result<Self> {
         let call = match chain {
-            Chain::Reboot => reboot_trampoline::<T>,
-            Chain::Panic => panic_trampoline::<T>,
+            Chain::Reboot => trampoline::<T, false>,
+            Chain::Panic => trampoline::<T, true>,
         };
         let nb = KBox::pin(
             Opaque::new(bindings::notifier_block {

@@ -108,6 +108,30 @@ impl Entry {
     }
 }
 
+/// What one pass over the table found.
+enum Scan {
+    /// The index of the first entry that matched.
+    Found(usize),
+    /// No match; the index of the first free slot.
+    Free(usize),
+    /// No match and no free slot.
+    Full,
+}
+
+/// Looks for an entry `is_match` accepts, noting the first free slot on the
+/// way, so that a miss costs no second pass (interrupts are masked).
+fn scan(table: &[Option<Entry>], is_match: impl Fn(&Entry) -> bool) -> Scan {
+    let mut free = None;
+    for (i, slot) in table.iter().enumerate() {
+        match slot {
+            Some(e) if is_match(e) => return Scan::Found(i),
+            None if free.is_none() => free = Some(i),
+            _ => {}
+        }
+    }
+    free.map_or(Scan::Full, Scan::Free)
+}
+
 /// Events handled, shown in `/proc/kvm_apf`.
 #[derive(Default)]
 struct Stats {
@@ -212,16 +236,14 @@ impl Apf {
     /// host faults the page in synchronously). Interrupts must be masked.
     fn park(&self, token: u32, cpu: u32, sleeper: Option<&Arc<Sleeper>>) -> bool {
         let mut table = self.table.lock();
-        let early = table
-            .iter_mut()
-            .find(|e| matches!(e, Some(Entry::Ready { token: t, .. }) if *t == token));
-        if let Some(slot) = early {
-            *slot = None;
-            return false;
-        }
-        match (sleeper, table.iter_mut().find(|e| e.is_none())) {
-            (Some(sleeper), Some(slot)) => {
-                *slot = Some(Entry::Waiter {
+        let is_mark = |e: &Entry| matches!(e, Entry::Ready { token: t, .. } if *t == token);
+        match (scan(&table, is_mark), sleeper) {
+            (Scan::Found(i), _) => {
+                table[i] = None;
+                false
+            }
+            (Scan::Free(i), Some(sleeper)) => {
+                table[i] = Some(Entry::Waiter {
                     token,
                     cpu,
                     sleeper: sleeper.clone(),
@@ -245,18 +267,20 @@ impl Apf {
             return;
         }
         let mut table = self.table.lock();
-        let waiter = table
-            .iter_mut()
-            .find(|e| matches!(e, Some(Entry::Waiter { token: t, .. }) if *t == token));
-        if let Some(slot) = waiter {
-            if let Some(e) = slot.take() {
-                e.wake();
+        let is_waiter = |e: &Entry| matches!(e, Entry::Waiter { token: t, .. } if *t == token);
+        match scan(&table, is_waiter) {
+            Scan::Found(i) => {
+                if let Some(e) = table[i].take() {
+                    e.wake();
+                }
             }
-        } else if let Some(slot) = table.iter_mut().find(|e| e.is_none()) {
-            self.stats.early_ready.fetch_add(1, Ordering::Relaxed);
-            *slot = Some(Entry::Ready { token, cpu });
-        } else {
-            self.stats.table_full.fetch_add(1, Ordering::Relaxed);
+            Scan::Free(i) => {
+                self.stats.early_ready.fetch_add(1, Ordering::Relaxed);
+                table[i] = Some(Entry::Ready { token, cpu });
+            }
+            Scan::Full => {
+                self.stats.table_full.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
@@ -376,12 +400,13 @@ impl NotifierHandler for Shutdown {
         match chain {
             Chain::Reboot => {
                 cpuhp::on_each_online_cpu(disable_on_this_cpu);
-                let c = apf.counters();
+                let s = &apf.stats;
+                let (np, rd, wa) = (&s.not_present, &s.ready, &s.wake_all);
                 pr_info!(
                     "shutdown: not_present={} ready={} wake_all={}\n",
-                    c[1].1,
-                    c[2].1,
-                    c[3].1
+                    np.load(Ordering::Relaxed),
+                    rd.load(Ordering::Relaxed),
+                    wa.load(Ordering::Relaxed)
                 );
             }
             // Other CPUs are stopped: no locks, only the hypercall.
