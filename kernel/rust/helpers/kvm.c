@@ -7,6 +7,7 @@
 #ifdef CONFIG_KVM_ARM_ASYNC_PF
 #include <linux/kvm_host.h>
 #include <asm/kvm_emulate.h>
+#include <asm/kvm_nested.h>
 #include <kvm/arm_hypercalls.h>
 #include <trace/events/kvm.h>
 
@@ -75,5 +76,40 @@ int rust_helper_kvm_srcu_read_lock(struct kvm *kvm)
 void rust_helper_kvm_srcu_read_unlock(struct kvm *kvm, int idx)
 {
 	srcu_read_unlock(&kvm->srcu, idx);
+}
+
+bool rust_helper_vcpu_has_nv(const struct kvm_vcpu *vcpu)
+{
+	return vcpu_has_nv(vcpu);
+}
+
+bool rust_helper_vcpu_mode_is_32bit(const struct kvm_vcpu *vcpu)
+{
+	return vcpu_mode_is_32bit(vcpu);
+}
+
+bool rust_helper_kvm_vcpu_initialized(const struct kvm_vcpu *vcpu)
+{
+	return kvm_vcpu_initialized(vcpu);
+}
+
+void rust_helper_kvm_config_lock(struct kvm *kvm)
+{
+	mutex_lock(&kvm->arch.config_lock);
+}
+
+void rust_helper_kvm_config_unlock(struct kvm *kvm)
+{
+	mutex_unlock(&kvm->arch.config_lock);
+}
+
+int rust_helper_kvm_online_vcpus(struct kvm *kvm)
+{
+	return atomic_read(&kvm->online_vcpus);
+}
+
+struct kvm_vcpu *rust_helper_kvm_get_vcpu(struct kvm *kvm, int i)
+{
+	return kvm_get_vcpu(kvm, i);
 }
 #endif /* CONFIG_KVM_ARM_ASYNC_PF */

@@ -22,13 +22,25 @@ use kernel::{
         async_pf::{self, AsyncPf},
         guest_cache::GuestCache,
         smccc::{self, SmcccError, SmcccResult},
-        Gfn, Gpa, Memslot, Vcpu,
+        Gfn, Gpa, Kvm, Memslot, Vcpu,
     },
     prelude::*,
     uaccess::UserSlice,
 };
 
 const ENABLED: u64 = bindings::KVM_ASYNC_PF_ENABLED as u64;
+const PAGE_READY: u32 = bindings::KVM_PV_REASON_PAGE_READY;
+/// Attribute ids, compared in full width.
+const ATTR_IRQ: u64 = bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ as u64;
+const ATTR_BLOCK: u64 = bindings::KVM_ARM_VCPU_ASYNC_PF_BLOCK as u64;
+/// Subcalls, compared in full width.
+const CALL_VERSION: u64 = bindings::KVM_ASYNC_PF_CALL_VERSION as u64;
+const CALL_SLOTS: u64 = bindings::KVM_ASYNC_PF_CALL_SLOTS as u64;
+const CALL_IRQ: u64 = bindings::KVM_ASYNC_PF_CALL_IRQ as u64;
+const CALL_ENABLE: u64 = bindings::KVM_ASYNC_PF_CALL_ENABLE as u64;
+const CALL_DISABLE: u64 = bindings::KVM_ASYNC_PF_CALL_DISABLE as u64;
+const CALL_ACK: u64 = bindings::KVM_ASYNC_PF_CALL_ACK as u64;
+const APF_FUNC: u32 = bindings::ARM_SMCCC_KVM_FUNC_ASYNC_PF;
 const BLOCK_SIZE: usize = core::mem::size_of::<bindings::kvm_vcpu_pv_apf_data>();
 const BLOCK_ALIGN: u64 = bindings::KVM_ASYNC_PF_BLOCK_ALIGN as u64;
 const REASON_OFFSET: usize = core::mem::offset_of!(bindings::kvm_vcpu_pv_apf_data, reason);
@@ -52,6 +64,11 @@ enum Fallback {
     QueueFull,
     /// This page is already being fetched for an earlier fault.
     Repeat,
+    /// The guest retries after PAGE_READY and the page is still not in:
+    /// the fetch could not map it (e.g. a write to a read-only mapping, or
+    /// an error). Going asynchronous again would loop for good; the
+    /// synchronous fault gives the VMM the exit it gets without APF.
+    Refault,
 }
 
 /// The APF state of one vCPU (`struct kvm_vcpu_apf`).
@@ -82,9 +99,21 @@ impl<'a> Apf<'a> {
         self.block() & ENABLED != 0
     }
 
+    /// The PPI that signals PAGE_READY: the VMM's choice, or the default
+    /// until it makes one.
     fn irq(&self) -> u32 {
         // SAFETY: `st` is valid and ours (type invariant).
-        unsafe { (*self.st).irq }
+        match unsafe { (*self.st).irq } {
+            0 => bindings::KVM_ASYNC_PF_DEFAULT_IRQ,
+            irq => irq,
+        }
+    }
+
+    /// Whether this vCPU may use APF at all: not with a virtual EL2, whose
+    /// nested guest could reach the hypercall and make the host write into
+    /// the L1 guest's memory.
+    fn available(&self) -> bool {
+        !self.vcpu.has_nv()
     }
 
     fn ready_pending(&self) -> bool {
@@ -114,6 +143,39 @@ impl<'a> Apf<'a> {
     /// Returns whether a new event may be written into the control block.
     fn block_free(&mut self) -> bool {
         !self.ready_pending() && matches!(self.reason(), Ok(0))
+    }
+
+    /// Returns whether the block holds a PAGE_READY the guest has not
+    /// consumed. Then the PPI must be up: the guest only looks at the block
+    /// when it takes the interrupt.
+    fn block_holds_ready(&mut self) -> bool {
+        matches!(self.reason(), Ok(PAGE_READY))
+    }
+
+    /// Remembers that the fetch of `gfn` was reported ready: the guest's
+    /// retry must not be sent asynchronously again. Holds as many pages as
+    /// faults may be outstanding; the oldest is forgotten first.
+    fn note_refault(&mut self, gfn: Gfn) {
+        // SAFETY: `st` is valid and ours (type invariant).
+        let st = unsafe { &mut *self.st };
+        let slot = st.refault_next as usize % st.refault.len();
+        // Stored plus one: 0 marks a free entry.
+        st.refault[slot] = gfn.as_u64() + 1;
+        st.refault_next = st.refault_next.wrapping_add(1);
+    }
+
+    /// Forgets `gfn` if a PAGE_READY for it is still unanswered by a
+    /// retry; returns whether it was.
+    fn take_refault(&mut self, gfn: Gfn) -> bool {
+        // SAFETY: `st` is valid and ours (type invariant).
+        let st = unsafe { &mut *self.st };
+        match st.refault.iter_mut().find(|g| **g == gfn.as_u64() + 1) {
+            Some(g) => {
+                *g = 0;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Returns a token that no outstanding fault uses. It is never 0 (the
@@ -151,7 +213,10 @@ impl<'a> Apf<'a> {
         self.vcpu.async_pf_clear();
         self.set_ready_pending(false);
         // SAFETY: `st` is valid and ours (type invariant).
-        unsafe { (*self.st).block = 0 };
+        unsafe {
+            (*self.st).block = 0;
+            (*self.st).refault = [0; async_pf::SLOTS as usize];
+        }
     }
 
     /// Registers the control block at `gpa` and queues a wake-all, which
@@ -173,6 +238,12 @@ impl<'a> Apf<'a> {
             (*self.st).cache = scratch;
             (*self.st).block = gpa.as_u64() | ENABLED;
         }
+        // A block restored by a VMM may hold a PAGE_READY that was sent,
+        // and maybe acked, on the source: whether it is outstanding is in
+        // guest memory, so the line level follows from it.
+        if self.block_holds_ready() {
+            self.set_ready_pending(true);
+        }
         self.vcpu.async_pf_wakeup_all()
     }
 
@@ -186,17 +257,21 @@ impl<'a> Apf<'a> {
                 Fallback::Busy => (*stat).apf_sync_busy += 1,
                 Fallback::QueueFull => (*stat).apf_sync_queue_full += 1,
                 Fallback::Repeat => (*stat).apf_sync_repeat += 1,
+                Fallback::Refault => (*stat).apf_sync_refault += 1,
             }
         }
     }
 
     /// Turns a fault that needs I/O into PAGE_NOT_PRESENT, if allowed.
     fn try_async(&mut self, gfn: Gfn, ipa: Gpa, hva: u64, nested: bool) -> Result<(), Fallback> {
-        if nested || !self.vcpu.abort().is_from_el0() {
+        if nested || !self.available() || !self.vcpu.abort().is_from_el0() {
             return Err(Fallback::NotEl0);
         }
         if !self.enabled() {
             return Err(Fallback::Disabled);
+        }
+        if self.take_refault(gfn) {
+            return Err(Fallback::Refault);
         }
         if !self.block_free() {
             return Err(Fallback::Busy);
@@ -222,11 +297,14 @@ impl<'a> Apf<'a> {
     }
 
     fn hypercall(&mut self) -> SmcccResult {
-        match self.vcpu.reg(1) as u32 {
-            bindings::KVM_ASYNC_PF_CALL_VERSION => Ok(bindings::KVM_ASYNC_PF_VERSION_1_0.into()),
-            bindings::KVM_ASYNC_PF_CALL_SLOTS => Ok(async_pf::SLOTS.into()),
-            bindings::KVM_ASYNC_PF_CALL_IRQ => Ok(self.irq().into()),
-            bindings::KVM_ASYNC_PF_CALL_ENABLE => {
+        if self.vcpu.is_32bit() || !self.available() {
+            return Err(SmcccError::NotSupported);
+        }
+        match self.vcpu.reg(1) {
+            CALL_VERSION => Ok(bindings::KVM_ASYNC_PF_VERSION_1_0.into()),
+            CALL_SLOTS => Ok(async_pf::SLOTS.into()),
+            CALL_IRQ => Ok(self.irq().into()),
+            CALL_ENABLE => {
                 let (gpa, flags) = (self.vcpu.reg(2), self.vcpu.reg(3));
                 if flags & !ENABLED != 0 {
                     return Err(SmcccError::InvalidParameter);
@@ -241,13 +319,17 @@ impl<'a> Apf<'a> {
                     Err(_) => Err(SmcccError::InvalidParameter),
                 }
             }
-            bindings::KVM_ASYNC_PF_CALL_DISABLE => {
+            CALL_DISABLE => {
                 self.disable();
                 Ok(0)
             }
-            // The next event goes out before the guest is next entered.
-            bindings::KVM_ASYNC_PF_CALL_ACK => {
-                self.set_ready_pending(false);
+            // The next event goes out before the guest is next entered. An
+            // ACK cannot lose an event: while the block still holds a
+            // PAGE_READY (e.g. the wake-all of a restore, reached by an ACK
+            // the guest issued before the VM was saved), the line stays up.
+            CALL_ACK => {
+                let still_ready = self.block_holds_ready();
+                self.set_ready_pending(still_ready);
                 Ok(0)
             }
             _ => Err(SmcccError::NotSupported),
@@ -256,41 +338,48 @@ impl<'a> Apf<'a> {
 
     fn set_attr(&mut self, attr: u64, user: UserSlice) -> Result {
         let mut reader = user.reader();
-        match attr as u32 {
-            bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ => {
+        match attr {
+            ATTR_IRQ => {
                 let irq: u32 = reader.read()?;
                 if !(16..=31).contains(&irq) {
                     return Err(EINVAL);
                 }
-                if self.vcpu.kvm().has_ran_once() {
-                    return Err(EBUSY);
-                }
-                // SAFETY: `st` is valid and ours (type invariant).
-                unsafe { (*self.st).irq = irq };
-                Ok(())
+                let kvm = self.vcpu.kvm();
+                kvm.with_config_lock(|| {
+                    if kvm.has_ran_once() {
+                        return Err(EBUSY);
+                    }
+                    // SAFETY: `st` is valid and ours (type invariant).
+                    unsafe { (*self.st).irq = irq };
+                    Ok(())
+                })
             }
-            bindings::KVM_ARM_VCPU_ASYNC_PF_BLOCK => {
+            ATTR_BLOCK => {
                 let val: u64 = reader.read()?;
                 let flags = val & (BLOCK_ALIGN - 1);
                 if flags & !ENABLED != 0 {
                     return Err(EINVAL);
                 }
-                if self.vcpu.kvm().has_ran_once() {
-                    return Err(EBUSY);
+                // KVM_ARM_VCPU_INIT resets the vCPU, which would wipe it.
+                if !self.vcpu.initialized() {
+                    return Err(ENOEXEC);
                 }
-                if flags & ENABLED == 0 {
-                    self.disable();
-                    return Ok(());
-                }
-                // A guest that cannot see the service must get no event.
-                if !self
-                    .vcpu
-                    .kvm()
-                    .vendor_hyp_func_visible(bindings::ARM_SMCCC_KVM_FUNC_ASYNC_PF)
-                {
-                    return Err(EINVAL);
-                }
-                self.enable(Gpa::new(val & !(BLOCK_ALIGN - 1)))
+                let kvm = self.vcpu.kvm();
+                kvm.with_config_lock(|| {
+                    if kvm.has_ran_once() {
+                        return Err(EBUSY);
+                    }
+                    if flags & ENABLED == 0 {
+                        self.disable();
+                        return Ok(());
+                    }
+                    // A guest that cannot see the service must get no event.
+                    if !self.available() || !kvm.vendor_hyp_func_visible(APF_FUNC) {
+                        return Err(EINVAL);
+                    }
+                    // The block's memslot is looked up, and read.
+                    kvm.srcu_read(|| self.enable(Gpa::new(val & !(BLOCK_ALIGN - 1))))
+                })
             }
             _ => Err(ENXIO),
         }
@@ -298,9 +387,9 @@ impl<'a> Apf<'a> {
 
     fn get_attr(&self, attr: u64, user: UserSlice) -> Result {
         let mut writer = user.writer();
-        match attr as u32 {
-            bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ => writer.write(&self.irq()),
-            bindings::KVM_ARM_VCPU_ASYNC_PF_BLOCK => writer.write(&self.block()),
+        match attr {
+            ATTR_IRQ => writer.write(&self.irq()),
+            ATTR_BLOCK => writer.write(&self.block()),
             _ => Err(ENXIO),
         }
     }
@@ -339,7 +428,11 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
     let (vcpu, slot) = unsafe { (Vcpu::from_raw(vcpu), Memslot::from_raw(slot)) };
     let gfn = Gfn::new(gfn);
     let (p, w) = match slot.faultin_nowait(gfn, write_fault) {
-        Some(done) => done,
+        Some(done) => {
+            // The retry after PAGE_READY found the page: nothing to remember.
+            Apf::of(vcpu).take_refault(gfn);
+            done
+        }
         None => {
             let mut apf = Apf::of(vcpu);
             match apf.try_async(gfn, Gpa::new(ipa), hva, nested) {
@@ -401,8 +494,8 @@ pub unsafe extern "C" fn kvm_arm_apf_get_attr(
 ) -> c_int {
     // SAFETY: The caller owns the vCPU and passes a valid `attr`.
     let (vcpu, attr) = unsafe { (Vcpu::from_raw(vcpu), &*attr) };
-    let len = match attr.attr as u32 {
-        bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ => core::mem::size_of::<u32>(),
+    let len = match attr.attr {
+        ATTR_IRQ => core::mem::size_of::<u32>(),
         _ => core::mem::size_of::<u64>(),
     };
     errno(Apf::of(vcpu).get_attr(attr.attr, UserSlice::new(attr.addr as usize, len)))
@@ -419,8 +512,8 @@ pub unsafe extern "C" fn kvm_arm_apf_has_attr(
     attr: *const bindings::kvm_device_attr,
 ) -> c_int {
     // SAFETY: The caller passes a valid `attr`.
-    match unsafe { (*attr).attr } as u32 {
-        bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ | bindings::KVM_ARM_VCPU_ASYNC_PF_BLOCK => 0,
+    match unsafe { (*attr).attr } {
+        ATTR_IRQ | ATTR_BLOCK => 0,
         _ => ENXIO.to_errno(),
     }
 }
@@ -435,15 +528,38 @@ pub unsafe extern "C" fn kvm_arm_apf_has_attr(
 pub unsafe extern "C" fn kvm_arm_apf_reset(vcpu: *mut bindings::kvm_vcpu) {
     // SAFETY: The caller owns the vCPU.
     let vcpu = unsafe { Vcpu::from_raw(vcpu) };
-    let mut apf = Apf::of(vcpu);
-    apf.disable();
-    if apf.irq() == 0 {
-        // SAFETY: `st` is valid and ours.
-        unsafe { (*apf.st).irq = bindings::KVM_ASYNC_PF_DEFAULT_IRQ };
+    Apf::of(vcpu).disable();
+}
+
+/// Hook of `KVM_SET_ONE_REG` of `KVM_REG_ARM_VENDOR_HYP_BMAP_2`, with
+/// `kvm->arch.config_lock` held: a VMM may not hide APF while a vCPU has a
+/// control block enabled (restored with the BLOCK attribute), since the
+/// guest could then no longer ACK an event. Returns 0 or `-EBUSY`.
+///
+/// # Safety
+///
+/// `kvm` is valid and the caller holds its `config_lock`.
+#[no_mangle]
+pub unsafe extern "C" fn kvm_arm_apf_check_bmap(kvm: *mut bindings::kvm, bmap: u64) -> c_int {
+    if bmap & (1u64 << (APF_FUNC - 64)) != 0 {
+        return 0;
+    }
+    // SAFETY: The caller passes a valid VM and holds it for the call.
+    let kvm = unsafe { Kvm::from_raw(kvm) };
+    let enabled = kvm.any_vcpu(|vcpu| {
+        // SAFETY: `vcpu` is valid (see `any_vcpu`); `block` is only changed
+        // under `config_lock` before the first run, which the caller holds.
+        unsafe { (*vcpu).arch.apf.block & ENABLED != 0 }
+    });
+    if enabled {
+        EBUSY.to_errno()
+    } else {
+        0
     }
 }
 
-/// vCPU teardown: wait for and free every fault in flight.
+/// vCPU teardown: free every fault in flight, detaching (not waiting
+/// for) the fetches still running.
 ///
 /// # Safety
 ///
@@ -530,6 +646,9 @@ pub unsafe extern "C" fn kvm_arch_async_page_present(
     };
     if apf.post(bindings::KVM_PV_REASON_PAGE_READY, token).is_err() {
         return;
+    }
+    if !work.is_wakeup_all() {
+        apf.note_refault(Gfn::new(work.arch().gfn));
     }
     apf.set_ready_pending(true);
     // SAFETY: The stats are valid and only the vCPU's thread writes them.

@@ -133,8 +133,10 @@ impl Vcpu {
         to_result(unsafe { bindings::kvm_async_pf_wakeup_all(self.as_raw()) })
     }
 
-    /// Drops every outstanding and completed item, waiting for fetches that
-    /// are running to finish. Nothing is delivered to the guest.
+    /// Drops every outstanding and completed item. Nothing is delivered to
+    /// the guest. Does not wait for a fetch that is running, which may be
+    /// blocked in userfaultfd for good: it is detached, holds a reference to
+    /// the VM and frees itself when done.
     pub fn async_pf_clear(&self) {
         // SAFETY: The vCPU is valid and owned by the caller.
         unsafe { bindings::kvm_clear_async_pf_completion_queue(self.as_raw()) }

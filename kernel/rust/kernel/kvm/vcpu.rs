@@ -16,6 +16,17 @@ use crate::{bindings, error::to_result, prelude::*, types::Opaque};
 pub struct Kvm(Opaque<bindings::kvm>);
 
 impl Kvm {
+    /// Creates a reference to a VM from a pointer KVM passed in.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `struct kvm` that stays valid for `'a`.
+    pub unsafe fn from_raw<'a>(ptr: *mut bindings::kvm) -> &'a Self {
+        // SAFETY: `Kvm` is a transparent wrapper, and the caller guarantees
+        // the pointer is valid for `'a`.
+        unsafe { &*ptr.cast() }
+    }
+
     /// Returns the raw pointer to the `struct kvm`.
     pub fn as_raw(&self) -> *mut bindings::kvm {
         self.0.get()
@@ -54,6 +65,32 @@ impl Kvm {
             ))
         };
         (bmap as u64) & (1 << (func - 64)) != 0
+    }
+
+    /// Runs `f` with `kvm->arch.config_lock` held, which serialises changes
+    /// to VM-wide configuration against the first `KVM_RUN` and against each
+    /// other. Sleeps.
+    pub fn with_config_lock<T>(&self, f: impl FnOnce() -> T) -> T {
+        // SAFETY: By the type invariant the `struct kvm` is valid.
+        unsafe { bindings::kvm_config_lock(self.as_raw()) };
+        let ret = f();
+        // SAFETY: The lock was taken above, by this thread.
+        unsafe { bindings::kvm_config_unlock(self.as_raw()) };
+        ret
+    }
+
+    /// Calls `f` with the raw pointer of each vCPU created so far, until it
+    /// returns `true`; returns whether it did. The vCPUs are not owned by
+    /// the caller: `f` may only read state that the caller's locks protect.
+    pub fn any_vcpu(&self, mut f: impl FnMut(*mut bindings::kvm_vcpu) -> bool) -> bool {
+        // SAFETY: By the type invariant the `struct kvm` is valid.
+        let n = unsafe { bindings::kvm_online_vcpus(self.as_raw()) };
+        (0..n).any(|i| {
+            // SAFETY: `i` is below `online_vcpus`, and vCPUs are only freed
+            // with the VM.
+            let vcpu = unsafe { bindings::kvm_get_vcpu(self.as_raw(), i) };
+            !vcpu.is_null() && f(vcpu)
+        })
     }
 
     /// Returns whether the VM has an in-kernel interrupt controller.
@@ -106,6 +143,25 @@ impl Vcpu {
         // SAFETY: The vCPU is valid by the type invariant; the index is set
         // at creation and never changes.
         unsafe { (*self.as_raw()).vcpu_idx as u32 }
+    }
+
+    /// Returns whether `KVM_ARM_VCPU_INIT` has been done on the vCPU.
+    pub fn initialized(&self) -> bool {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { bindings::kvm_vcpu_initialized(self.as_raw()) }
+    }
+
+    /// Returns whether the vCPU has nested virtualization (a virtual EL2):
+    /// its guest may run guests of its own.
+    pub fn has_nv(&self) -> bool {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { bindings::vcpu_has_nv(self.as_raw()) }
+    }
+
+    /// Returns whether the vCPU is executing in AArch32 state.
+    pub fn is_32bit(&self) -> bool {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { bindings::vcpu_mode_is_32bit(self.as_raw()) }
     }
 
     /// Returns the stage-2 abort the vCPU is handling.
