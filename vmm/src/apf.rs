@@ -3,8 +3,10 @@
 //! The VMM side of KVM/arm64 asynchronous page faults
 //! (Documentation/virt/kvm/arm/apf.rst, "VMM interface").
 //!
-//! * hiding: clear bit 32 of `KVM_REG_ARM_VENDOR_HYP_BMAP_2` before the
-//!   first KVM_RUN; the guest then sees no APF service at all;
+//! * opting in: KVM hides APF until the VMM sets bit 32 of
+//!   `KVM_REG_ARM_VENDOR_HYP_BMAP_2` before the first KVM_RUN, so that a VMM
+//!   that cannot migrate the APF state never exposes it;
+//! * hiding: clear that bit; the guest then sees no APF service at all;
 //! * the PAGE_READY PPI: vCPU attribute `KVM_ARM_VCPU_ASYNC_PF_IRQ` in group
 //!   `KVM_ARM_VCPU_ASYNC_PF_CTRL`.
 
@@ -20,6 +22,12 @@ pub const KVM_ASYNC_PF_DEFAULT_IRQ: u32 = 18;
 /// Whether a `KVM_REG_ARM_VENDOR_HYP_BMAP_2` value offers APF.
 pub fn offered(bmap2: u64) -> bool {
     bmap2 & (1 << KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF) != 0
+}
+
+/// The `KVM_REG_ARM_VENDOR_HYP_BMAP_2` value that offers APF and keeps
+/// every other function as it was.
+pub fn with_apf(bmap2: u64) -> u64 {
+    bmap2 | (1 << KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF)
 }
 
 /// The `KVM_REG_ARM_VENDOR_HYP_BMAP_2` value that hides APF and keeps
@@ -51,6 +59,9 @@ mod kvm {
         /// The write did not stick.
         #[error("KVM_REG_ARM_VENDOR_HYP_BMAP_2 still offers APF after clearing bit 32 ({0:#x})")]
         StillOffered(u64),
+        /// The host refused to offer APF (it does not implement it).
+        #[error("the host refused to offer APF in KVM_REG_ARM_VENDOR_HYP_BMAP_2: {0}")]
+        Refused(kvm_ioctls::Error),
         /// Setting the IRQ attribute failed.
         #[error("setting KVM_ARM_VCPU_ASYNC_PF_IRQ to {intid} on vCPU {vcpu}: {source}")]
         SetIrq {
@@ -81,9 +92,25 @@ mod kvm {
         }
     }
 
-    /// Reads what the host offers without changing it.
-    pub fn probe(vcpu: &VcpuFd) -> Result<HostApf, ApfError> {
-        read_bmap(vcpu)
+    /// Offers APF to the guest (KVM hides it by default). The firmware
+    /// registers are VM-wide; this must run before any vCPU of the VM has
+    /// run. Returns the old value, or `Absent` if the host has no APF.
+    pub fn offer(vcpu: &VcpuFd) -> Result<HostApf, ApfError> {
+        let old = match read_bmap(vcpu)? {
+            HostApf::Absent => return Ok(HostApf::Absent),
+            HostApf::Bmap(v) => v,
+        };
+        if !offered(old) {
+            vcpu.set_one_reg(KVM_REG_ARM_VENDOR_HYP_BMAP_2, &with_apf(old).to_le_bytes())
+                .map_err(|e| {
+                    if e.errno() == libc::EINVAL {
+                        ApfError::Refused(e)
+                    } else {
+                        ApfError::SetBmap(e)
+                    }
+                })?;
+        }
+        Ok(HostApf::Bmap(old))
     }
 
     /// Hides APF from the guest. The firmware registers are VM-wide; this
@@ -128,6 +155,14 @@ mod kvm {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn offering_sets_only_bit_32() {
+        assert_eq!(with_apf(0), 1 << 32);
+        assert!(offered(with_apf(0)));
+        assert_eq!(with_apf((1 << 33) | 1), (1 << 33) | (1 << 32) | 1);
+        assert_eq!(with_apf(with_apf(5)), with_apf(5));
+    }
 
     #[test]
     fn hiding_clears_only_bit_32() {

@@ -444,16 +444,21 @@ fn configure_apf(cfg: &VmConfig<'_>, vcpus: &[VcpuFd]) -> Result<(), VmError> {
                 ),
             ),
         },
-        ApfMode::On => match apf::probe(boot)? {
-            HostApf::Bmap(v) if apf::offered(v) => {
-                info(cfg.quiet, "APF offered to the guest");
-            }
-            HostApf::Bmap(v) => eprintln!(
-                "apf-vmm: warning: host does not offer APF (KVM_REG_ARM_VENDOR_HYP_BMAP_2 = {v:#x})"
+        ApfMode::On => match apf::offer(boot) {
+            Ok(HostApf::Bmap(old)) => info(
+                cfg.quiet,
+                &format!(
+                    "APF offered to the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
+                    apf::with_apf(old)
+                ),
             ),
-            HostApf::Absent => eprintln!(
+            Ok(HostApf::Absent) => eprintln!(
                 "apf-vmm: warning: host kernel has no APF (no KVM_REG_ARM_VENDOR_HYP_BMAP_2)"
             ),
+            Err(ApfError::Refused(e)) => {
+                eprintln!("apf-vmm: warning: host does not offer APF ({e})")
+            }
+            Err(e) => return Err(e.into()),
         },
     }
 
