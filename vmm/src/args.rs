@@ -35,6 +35,8 @@ pub const MAX_UFFD_EVICT_MS: u64 = 600_000;
 pub const MIN_CGROUP_LIMIT_MIB: u64 = 16;
 /// Largest accepted `--cgroup-limit` (1 TiB), so that the byte count fits.
 pub const MAX_CGROUP_LIMIT_MIB: u64 = 1 << 20;
+/// Largest accepted `--cgroup-max`.
+pub const MAX_CGROUP_MAX_MIB: u64 = 2 * MAX_CGROUP_LIMIT_MIB;
 /// arm64 `COMMAND_LINE_SIZE`, including the terminating NUL.
 pub const CMDLINE_CAPACITY: usize = 2048;
 
@@ -45,7 +47,8 @@ pub enum MemMode {
     Plain,
     /// Anonymous memory registered with userfaultfd; pages are served late.
     Uffd,
-    /// Anonymous memory in a cgroup v2 with a memory.max limit (swap).
+    /// Anonymous memory in a cgroup v2 with a memory.high limit (swap),
+    /// and memory.max above it as a backstop.
     Cgroup,
 }
 
@@ -87,8 +90,11 @@ pub struct Args {
     pub mem_mode: MemMode,
     /// userfaultfd options, only meaningful with `MemMode::Uffd`.
     pub uffd: UffdOptions,
-    /// memory.max of the cgroup in MiB, set only with `MemMode::Cgroup`.
+    /// memory.high of the cgroup in MiB, set only with `MemMode::Cgroup`.
     pub cgroup_limit_mib: Option<u64>,
+    /// memory.max of the cgroup in MiB, set only with `MemMode::Cgroup`:
+    /// `--cgroup-max`, or [`default_cgroup_max_mib`] of the limit.
+    pub cgroup_max_mib: Option<u64>,
     /// APF offered or hidden.
     pub apf: ApfMode,
     /// PPI INTID for PAGE_READY; `None` leaves the KVM default.
@@ -150,6 +156,14 @@ pub enum ArgsError {
     },
 }
 
+/// memory.max without `--cgroup-max`: half the limit above it. The gap
+/// holds what is charged while reclaim catches up (swap-outs waiting for
+/// the disk, and fetches in flight on the kernel's async page fault
+/// workers, which memory.high does not throttle).
+pub fn default_cgroup_max_mib(limit_mib: u64) -> u64 {
+    limit_mib + limit_mib / 2
+}
+
 /// Usage text printed for `--help` and after argument errors.
 pub fn usage() -> String {
     format!(
@@ -169,7 +183,13 @@ Options:
   --uffd-evict-ms N       uffd: every N ms pause the vCPUs and drop every populated
                           page (its content is kept and served again); 0 (default)
                           or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}
-  --cgroup-limit MIB      cgroup: memory.max of the VMM's cgroup, {MIN_CGROUP_LIMIT_MIB}..{MAX_CGROUP_LIMIT_MIB} (required)
+  --cgroup-limit MIB      cgroup: memory.high of the VMM's cgroup, {MIN_CGROUP_LIMIT_MIB}..{MAX_CGROUP_LIMIT_MIB} (required):
+                          above it the kernel reclaims (swaps) and throttles the
+                          VMM instead of OOM-killing it
+  --cgroup-max MIB        cgroup: memory.max, the hard limit: a backstop above
+                          --cgroup-limit, up to {MAX_CGROUP_MAX_MIB} (default: 1.5 x --cgroup-limit);
+                          a charge there that reclaim cannot satisfy ends in an
+                          OOM kill
   --apf on|hidden         offer asynchronous page faults or hide them (default: on)
   --apf-irq INTID         PPI for APF PAGE_READY, 16..31 except 23 and 25..30
                           (default: KVM's, {KVM_ASYNC_PF_DEFAULT_IRQ})
@@ -195,6 +215,7 @@ enum Opt {
     UffdSource,
     UffdEvict,
     CgroupLimit,
+    CgroupMax,
     Apf,
     ApfIrq,
 }
@@ -212,13 +233,14 @@ impl Opt {
             Opt::UffdSource => "--uffd-source",
             Opt::UffdEvict => "--uffd-evict-ms",
             Opt::CgroupLimit => "--cgroup-limit",
+            Opt::CgroupMax => "--cgroup-max",
             Opt::Apf => "--apf",
             Opt::ApfIrq => "--apf-irq",
         }
     }
 
     fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 12] = [
+        const ALL: [Opt; 13] = [
             Opt::Kernel,
             Opt::Initrd,
             Opt::Cmdline,
@@ -229,6 +251,7 @@ impl Opt {
             Opt::UffdSource,
             Opt::UffdEvict,
             Opt::CgroupLimit,
+            Opt::CgroupMax,
             Opt::Apf,
             Opt::ApfIrq,
         ];
@@ -249,6 +272,7 @@ struct Raw {
     uffd_source: Option<PathBuf>,
     uffd_evict_ms: Option<u64>,
     cgroup_limit_mib: Option<u64>,
+    cgroup_max_mib: Option<u64>,
     apf: Option<ApfMode>,
     apf_irq: Option<u32>,
     quiet: bool,
@@ -334,6 +358,10 @@ fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
         Opt::CgroupLimit => {
             let n = number(opt, value, MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_LIMIT_MIB)?;
             set_once(&mut raw.cgroup_limit_mib, opt, n)
+        }
+        Opt::CgroupMax => {
+            let n = number(opt, value, MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_MAX_MIB)?;
+            set_once(&mut raw.cgroup_max_mib, opt, n)
         }
         Opt::MemMode => {
             let text = utf8(opt, value)?;
@@ -463,16 +491,30 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
             });
         }
     }
-    match (mem_mode, raw.cgroup_limit_mib) {
-        (MemMode::Cgroup, None) => return Err(ArgsError::MissingCgroupLimit),
-        (MemMode::Plain | MemMode::Uffd, Some(_)) => {
+    let cgroup_max_mib = match (mem_mode, raw.cgroup_limit_mib, raw.cgroup_max_mib) {
+        (MemMode::Cgroup, None, _) => return Err(ArgsError::MissingCgroupLimit),
+        (MemMode::Cgroup, Some(limit), Some(max)) if max < limit => {
+            return Err(invalid(
+                Opt::CgroupMax,
+                &max.to_string(),
+                format!("below --cgroup-limit ({limit})"),
+            ));
+        }
+        (MemMode::Cgroup, Some(limit), max) => Some(max.unwrap_or(default_cgroup_max_mib(limit))),
+        (MemMode::Plain | MemMode::Uffd, Some(_), _) => {
             return Err(ArgsError::WrongMode {
                 option: Opt::CgroupLimit.name(),
                 mode: "cgroup",
             });
         }
-        _ => {}
-    }
+        (MemMode::Plain | MemMode::Uffd, None, Some(_)) => {
+            return Err(ArgsError::WrongMode {
+                option: Opt::CgroupMax.name(),
+                mode: "cgroup",
+            });
+        }
+        (MemMode::Plain | MemMode::Uffd, None, None) => None,
+    };
 
     let cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
 
@@ -489,6 +531,7 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
             evict_ms: raw.uffd_evict_ms.unwrap_or(0),
         },
         cgroup_limit_mib: raw.cgroup_limit_mib,
+        cgroup_max_mib,
         apf: raw.apf.unwrap_or(ApfMode::On),
         apf_irq: raw.apf_irq,
         quiet: raw.quiet,
@@ -535,6 +578,7 @@ mod tests {
         assert_eq!(a.mem_mode, MemMode::Plain);
         assert_eq!(a.uffd, UffdOptions::default());
         assert_eq!(a.cgroup_limit_mib, None);
+        assert_eq!(a.cgroup_max_mib, None);
         assert_eq!(a.apf, ApfMode::On);
         assert_eq!(a.apf_irq, None);
         assert!(!a.quiet);
@@ -588,6 +632,59 @@ mod tests {
         ]);
         assert_eq!(a.mem_mode, MemMode::Cgroup);
         assert_eq!(a.cgroup_limit_mib, Some(128));
+        assert_eq!(a.cgroup_max_mib, Some(192));
+
+        let a = run_args(&[
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "cgroup",
+            "--cgroup-limit",
+            "48",
+            "--cgroup-max=48",
+        ]);
+        assert_eq!(a.cgroup_limit_mib, Some(48));
+        assert_eq!(a.cgroup_max_mib, Some(48));
+        assert_eq!(default_cgroup_max_mib(17), 25);
+    }
+
+    #[test]
+    fn cgroup_max_checks() {
+        let cg = [
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "cgroup",
+            "--cgroup-limit",
+            "64",
+        ];
+        for bad in ["63", "15", "2097153", "x"] {
+            let mut args = cg.to_vec();
+            args.extend(["--cgroup-max", bad]);
+            assert_eq!(invalid_option(err(&args)), "--cgroup-max", "value {bad:?}");
+        }
+        let mut args = cg.to_vec();
+        args.extend(["--cgroup-max", "2097152"]);
+        assert_eq!(run_args(&args).cgroup_max_mib, Some(2 << 20));
+        assert_eq!(
+            err(&["--kernel", "k", "--cgroup-max", "64"]),
+            ArgsError::WrongMode {
+                option: "--cgroup-max",
+                mode: "cgroup"
+            }
+        );
+        assert_eq!(
+            err(&[
+                "--kernel",
+                "k",
+                "--mem-mode",
+                "cgroup",
+                "--cgroup-max",
+                "64"
+            ]),
+            ArgsError::MissingCgroupLimit
+        );
+        assert!(usage().contains("--cgroup-max"));
     }
 
     #[test]

@@ -1,12 +1,16 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! cgroup memory mode: the VMM moves itself into a cgroup v2 whose
-//! `memory.max` is below the guest's RAM, so the host swaps guest pages out
+//! `memory.high` is below the guest's RAM, so the host swaps guest pages out
 //! and later faults them back in (the slow path that APF hides).
 //!
-//! The cgroup is `<root>/apf-vmm-<pid>` with `memory.max` = the limit and
-//! `memory.swap.max` = max. On drop the process moves back to the cgroup it
-//! came from and the directory is removed.
+//! The cgroup is `<root>/apf-vmm-<pid>` with `memory.high` = the limit,
+//! `memory.max` = a backstop above it and `memory.swap.max` = max. Above
+//! memory.high the kernel reclaims and throttles the VMM's threads; only
+//! at memory.max could a charge that reclaim cannot satisfy end in an OOM
+//! kill. With memory.max alone, that happened whenever reclaim fell
+//! behind the slow swap device for a moment. On drop the process moves
+//! back to the cgroup it came from and the directory is removed.
 
 use std::ffi::CString;
 use std::fs;
@@ -89,8 +93,13 @@ pub struct Cgroup {
 
 impl Cgroup {
     /// Creates `<root>/<name>` with the memory controller enabled and the
-    /// given `memory.max`. Does not move the process yet.
-    pub fn create(root: &Path, name: &str, limit_bytes: u64) -> Result<Cgroup, CgroupError> {
+    /// given `memory.high` and `memory.max`. Does not move the process yet.
+    pub fn create(
+        root: &Path,
+        name: &str,
+        high_bytes: u64,
+        max_bytes: u64,
+    ) -> Result<Cgroup, CgroupError> {
         let controllers = root.join("cgroup.controllers");
         let available = fs::read_to_string(&controllers).map_err(io_err(&controllers))?;
         if !lists_controller(&available, "memory") {
@@ -112,7 +121,9 @@ impl Cgroup {
         };
         // From here on, drop removes the directory again on failure.
         let max = cg.path.join("memory.max");
-        fs::write(&max, limit_bytes.to_string()).map_err(io_err(&max))?;
+        fs::write(&max, max_bytes.to_string()).map_err(io_err(&max))?;
+        let high = cg.path.join("memory.high");
+        fs::write(&high, high_bytes.to_string()).map_err(io_err(&high))?;
         let swap_max = cg.path.join("memory.swap.max");
         cg.swap_max_set = fs::write(&swap_max, "max").is_ok();
         Ok(cg)
@@ -210,15 +221,19 @@ mod tests {
         fs::write(root.join("cgroup.controllers"), "cpu io memory pids\n").unwrap();
         fs::write(root.join("cgroup.subtree_control"), "cpu\n").unwrap();
 
-        let cg = Cgroup::create(&root, "apf-vmm-test", 128 << 20).unwrap();
+        let cg = Cgroup::create(&root, "apf-vmm-test", 128 << 20, 192 << 20).unwrap();
         assert_eq!(cg.path(), root.join("apf-vmm-test"));
         assert_eq!(
             fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
             "+memory"
         );
         assert_eq!(
-            fs::read_to_string(cg.path().join("memory.max")).unwrap(),
+            fs::read_to_string(cg.path().join("memory.high")).unwrap(),
             "134217728"
+        );
+        assert_eq!(
+            fs::read_to_string(cg.path().join("memory.max")).unwrap(),
+            "201326592"
         );
         assert_eq!(
             fs::read_to_string(cg.path().join("memory.swap.max")).unwrap(),
@@ -228,8 +243,9 @@ mod tests {
 
         // Drop removes the directory; it must be empty on a real cgroupfs, so
         // clear the regular files the fake one got first.
-        fs::remove_file(cg.path().join("memory.max")).unwrap();
-        fs::remove_file(cg.path().join("memory.swap.max")).unwrap();
+        for f in ["memory.high", "memory.max", "memory.swap.max"] {
+            fs::remove_file(cg.path().join(f)).unwrap();
+        }
         let dir = cg.path().to_path_buf();
         drop(cg);
         assert!(!dir.exists());
@@ -241,13 +257,14 @@ mod tests {
         let root = fake_root("enabled");
         fs::write(root.join("cgroup.controllers"), "memory\n").unwrap();
         fs::write(root.join("cgroup.subtree_control"), "memory pids\n").unwrap();
-        let cg = Cgroup::create(&root, "x", 64 << 20).unwrap();
+        let cg = Cgroup::create(&root, "x", 64 << 20, 96 << 20).unwrap();
         assert_eq!(
             fs::read_to_string(root.join("cgroup.subtree_control")).unwrap(),
             "memory pids\n"
         );
-        fs::remove_file(cg.path().join("memory.max")).unwrap();
-        fs::remove_file(cg.path().join("memory.swap.max")).unwrap();
+        for f in ["memory.high", "memory.max", "memory.swap.max"] {
+            fs::remove_file(cg.path().join(f)).unwrap();
+        }
         drop(cg);
         assert!(!root.join("x").exists());
         fs::remove_dir_all(&root).unwrap();
@@ -259,7 +276,7 @@ mod tests {
         fs::write(root.join("cgroup.controllers"), "cpu pids\n").unwrap();
         fs::write(root.join("cgroup.subtree_control"), "").unwrap();
         assert!(matches!(
-            Cgroup::create(&root, "x", 64 << 20),
+            Cgroup::create(&root, "x", 64 << 20, 96 << 20),
             Err(CgroupError::NoMemoryController(_))
         ));
         assert!(!root.join("x").exists());
@@ -273,7 +290,7 @@ mod tests {
         fs::write(root.join("cgroup.subtree_control"), "memory\n").unwrap();
         fs::create_dir(root.join("taken")).unwrap();
         assert!(matches!(
-            Cgroup::create(&root, "taken", 64 << 20),
+            Cgroup::create(&root, "taken", 64 << 20, 96 << 20),
             Err(CgroupError::Io { .. })
         ));
         fs::remove_dir_all(&root).unwrap();

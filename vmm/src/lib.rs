@@ -2,9 +2,11 @@
 
 //! Library part of the apf-vmm crate: the pieces of the `apf-e2e` driver
 //! that are tested on any host (argument parsing, reading the console
-//! output, the checks, the swap header). The VMM itself is the `apf-vmm`
-//! binary (`src/main.rs`).
+//! output, the checks, the swap header), and the memory cgroup report line
+//! that the VMM prints and the driver reads (`memcg`). The VMM itself is
+//! the `apf-vmm` binary (`src/main.rs`).
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod e2e;
+pub mod memcg;

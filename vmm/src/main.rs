@@ -137,13 +137,14 @@ fn prepare(args: args::Args) -> Result<Prepared, Error> {
     })
 }
 
-/// Creates the cgroup for `--mem-mode cgroup` and moves the process in.
-/// Must happen before guest RAM is touched so that it is charged there.
-fn enter_cgroup(limit_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
+/// Creates the cgroup for `--mem-mode cgroup` (memory.high = `limit_mib`,
+/// memory.max = `max_mib`) and moves the process in. Must happen before
+/// guest RAM is touched so that it is charged there.
+fn enter_cgroup(limit_mib: u64, max_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
     let root = std::path::Path::new(cgroup::CGROUP_ROOT);
     cgroup::check_cgroup2(root)?;
-    let name = format!("apf-vmm-{}", std::process::id());
-    let mut cg = cgroup::Cgroup::create(root, &name, limit_mib * MIB)?;
+    let name = apf_vmm::memcg::cgroup_name(std::process::id());
+    let mut cg = cgroup::Cgroup::create(root, &name, limit_mib * MIB, max_mib * MIB)?;
     cg.join()?;
     if !cg.swap_max_set() {
         eprintln!(
@@ -153,7 +154,8 @@ fn enter_cgroup(limit_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
     }
     if !quiet {
         eprintln!(
-            "apf-vmm: running in cgroup {} with memory.max = {limit_mib} MiB",
+            "apf-vmm: running in cgroup {} with memory.high = {limit_mib} MiB, \
+             memory.max = {max_mib} MiB",
             cg.path().display()
         );
     }
@@ -179,8 +181,8 @@ fn run(p: Prepared) -> Result<u8, Error> {
     let quiet = args.quiet;
 
     // Dropped last: the process leaves the cgroup only after guest RAM is gone.
-    let _cgroup = match (args.mem_mode, args.cgroup_limit_mib) {
-        (MemMode::Cgroup, Some(limit)) => Some(enter_cgroup(limit, quiet)?),
+    let cgroup = match (args.mem_mode, args.cgroup_limit_mib, args.cgroup_max_mib) {
+        (MemMode::Cgroup, Some(limit), Some(max)) => Some(enter_cgroup(limit, max, quiet)?),
         _ => None,
     };
 
@@ -249,6 +251,10 @@ fn run(p: Prepared) -> Result<u8, Error> {
     let report = vm.run(bus, tx, rx, evict)?;
 
     let uffd_stats = uffd.map(|h| h.stop());
+    // Read while the cgroup still holds guest RAM; it goes with `cgroup`.
+    let memcg = cgroup
+        .as_ref()
+        .map(|cg| apf_vmm::memcg::MemcgReport::read(cg.path()));
 
     if !quiet {
         for (index, stats) in report.stats.iter().enumerate() {
@@ -275,6 +281,12 @@ fn run(p: Prepared) -> Result<u8, Error> {
                 e.pause_timeouts
             );
         }
+        if let Some(Ok(r)) = &memcg {
+            println!("{}", r.line());
+        }
+    }
+    if let Some(Err(e)) = &memcg {
+        eprintln!("apf-vmm: warning: cgroup report: {e}");
     }
     if let Some(Err(e)) = &uffd_stats {
         eprintln!("apf-vmm: userfaultfd handler: {e}");

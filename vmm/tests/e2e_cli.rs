@@ -84,3 +84,23 @@ fn timeout_kills_the_vmm() {
         "{out}"
     );
 }
+
+#[test]
+fn cgroup_line_reaches_the_verdict() {
+    let script = format!(
+        "{GOOD_RUN}; echo 'cgroup: high=50331648 max=75497472 peak=52428800 swap_peak=0 \
+         events_high=700 events_max=0 oom=0 oom_kill=0 pgmajfault=50000 \
+         workingset_refault_anon=50000'"
+    );
+    let o = e2e(&["--expect", "events", "--", "/bin/sh", "-c", &script]);
+    let out = stdout(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains(" peak_mib=50.0\n"), "{out}");
+}
+
+#[test]
+fn swap_options_need_swap() {
+    let o = e2e(&["--page-cluster", "0", "--", "true"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--page-cluster needs --swap-disk"));
+}

@@ -4,8 +4,10 @@
 //! emulated arm64 KVM host. It runs apf-vmm (whose guest runs
 //! /bin/apf-workload and powers off), echoes its output as it comes, and
 //! checks the workload's verdict and that the guest's and the host's APF
-//! counters agree and match `--expect`. With `--swap-zram` it provides swap
-//! for the cgroup memory mode.
+//! counters agree and match `--expect`. With `--swap-zram` or `--swap-disk`
+//! it provides swap for the cgroup memory mode, sets `vm.page-cluster` for
+//! the run, and checks that the run swapped in from the device and that
+//! the VMM's cgroup saw no OOM.
 //!
 //! Exit status: 0 pass, 1 fail, 2 bad usage.
 
@@ -19,9 +21,11 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use apf_vmm::e2e::args::{self, E2eArgs, E2eCommand};
-use apf_vmm::e2e::check::{self, VmmEnd};
+use apf_vmm::e2e::check::{self, SwapDelta, VmmEnd};
+use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
-use apf_vmm::e2e::swap::{self, DiskSwap, ZramSwap};
+use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster, ZramSwap};
+use apf_vmm::memcg::{self, MemcgReport};
 
 const EXIT_FAIL: u8 = 1;
 const EXIT_USAGE: u8 = 2;
@@ -39,8 +43,8 @@ fn say(line: &str) {
 }
 
 /// Runs the command, echoing and parsing its stdout, until it exits or the
-/// timeout kills it.
-fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<VmmEnd> {
+/// timeout kills it. Returns how it ended and its process id.
+fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<(VmmEnd, u32)> {
     let (program, rest) = args
         .command
         .split_first()
@@ -51,6 +55,7 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<VmmEnd> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
+    let pid = child.id();
     let stdout = child
         .stdout
         .take()
@@ -108,17 +113,47 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<VmmEnd> {
     if reader.is_finished() {
         let _ = reader.join();
     }
-    Ok(if timed_out {
+    let end = if timed_out {
         VmmEnd::Timeout(args.timeout_secs)
     } else if let Some(code) = status.code() {
         VmmEnd::Exit(code)
     } else {
         VmmEnd::Signal(status.signal().unwrap_or(0))
-    })
+    };
+    Ok((end, pid))
+}
+
+/// A VMM in cgroup mode that was killed (by the OOM killer, or the
+/// timeout) leaves its cgroup behind without printing its report: read
+/// the report from there, then remove the cgroup.
+fn left_behind_cgroup(pid: u32) -> Option<MemcgReport> {
+    let dir = Path::new(CGROUP_ROOT).join(memcg::cgroup_name(pid));
+    if !dir.is_dir() {
+        return None;
+    }
+    let report = match MemcgReport::read(&dir) {
+        Ok(r) => {
+            say(&format!(
+                "e2e: the VMM left {} behind: {}",
+                dir.display(),
+                r.line()
+            ));
+            Some(r)
+        }
+        Err(e) => {
+            say(&format!("e2e: warning: {e}"));
+            None
+        }
+    };
+    if let Err(e) = std::fs::remove_dir(&dir) {
+        say(&format!("e2e: warning: removing {}: {e}", dir.display()));
+    }
+    report
 }
 
 fn run(args: E2eArgs) -> u8 {
     let start = Instant::now();
+    let sys_block = Path::new("/sys/block");
 
     if args.swap_zram_mib.is_some() || args.swap_disk.is_some() {
         // Swap is for the cgroup memory mode, which needs cgroup v2.
@@ -131,7 +166,7 @@ fn run(args: E2eArgs) -> u8 {
     }
     let _disk = match args.swap_disk.as_deref() {
         None => None,
-        Some(name) => match DiskSwap::setup(Path::new("/dev"), Path::new("/sys/block"), name) {
+        Some(name) => match DiskSwap::setup(Path::new("/dev"), sys_block, name) {
             Ok(d) => {
                 say(&format!("e2e: swap on {}", d.device().display()));
                 Some(d)
@@ -145,19 +180,49 @@ fn run(args: E2eArgs) -> u8 {
     };
     let zram = match args.swap_zram_mib {
         None => None,
-        Some(mib) => {
-            match ZramSwap::setup(Path::new("/dev"), Path::new("/sys/block"), "zram0", mib) {
-                Ok(z) => {
-                    say(&format!("e2e: swap on {}, {mib} MiB", z.device().display()));
-                    Some(z)
-                }
-                Err(e) => {
-                    say(&format!("e2e: check swap: FAIL ({e})"));
-                    say("e2e: FAIL (swap)");
-                    return EXIT_FAIL;
-                }
+        Some(mib) => match ZramSwap::setup(Path::new("/dev"), sys_block, "zram0", mib) {
+            Ok(z) => {
+                say(&format!("e2e: swap on {}, {mib} MiB", z.device().display()));
+                Some(z)
             }
-        }
+            Err(e) => {
+                say(&format!("e2e: check swap: FAIL ({e})"));
+                say("e2e: FAIL (swap)");
+                return EXIT_FAIL;
+            }
+        },
+    };
+
+    let page_cluster = match args.page_cluster {
+        None => None,
+        Some(n) => match PageCluster::set(Path::new(swap::PAGE_CLUSTER), n) {
+            Ok(pc) => {
+                say(&format!("e2e: vm.page-cluster {} -> {n}", pc.saved()));
+                Some(pc)
+            }
+            Err(e) => {
+                say(&format!("e2e: check swap: FAIL ({e})"));
+                say("e2e: FAIL (swap)");
+                return EXIT_FAIL;
+            }
+        },
+    };
+    // The device whose reads are swap-ins, and its counters before the run.
+    let swap_device = match (&args.swap_disk, args.swap_zram_mib) {
+        (Some(name), _) => Some(name.clone()),
+        (None, Some(_)) => Some("zram0".to_string()),
+        (None, None) => None,
+    };
+    let io_before = match &swap_device {
+        None => None,
+        Some(name) => match DiskStat::read(sys_block, name) {
+            Ok(v) => Some((name.clone(), v)),
+            Err(e) => {
+                say(&format!("e2e: check swap: FAIL ({e})"));
+                say("e2e: FAIL (swap)");
+                return EXIT_FAIL;
+            }
+        },
     };
 
     let cmdline: Vec<String> = args
@@ -167,8 +232,8 @@ fn run(args: E2eArgs) -> u8 {
         .collect();
     say(&format!("e2e: running {}", cmdline.join(" ")));
     let mut obs = Observations::default();
-    let end = match run_vmm(&args, &mut obs) {
-        Ok(end) => end,
+    let (end, pid) = match run_vmm(&args, &mut obs) {
+        Ok(r) => r,
         Err(e) => {
             say(&format!(
                 "e2e: check vmm-exit: FAIL (cannot run {}: {e})",
@@ -178,13 +243,28 @@ fn run(args: E2eArgs) -> u8 {
             return EXIT_FAIL;
         }
     };
+    let swap_delta: Option<SwapDelta> = io_before.map(|(name, before)| {
+        let delta = DiskStat::read(sys_block, &name)
+            .map(|after| after.since(&before))
+            .map_err(|e| e.to_string());
+        (name, delta)
+    });
+    if let Some(r) = left_behind_cgroup(pid) {
+        obs.memcg.get_or_insert(r);
+    }
+    drop(page_cluster);
     drop(zram);
 
-    let checks = check::evaluate(&obs, end, args.expect);
+    let checks = check::evaluate(&obs, end, args.expect, swap_delta.as_ref());
     for c in &checks {
         say(&c.to_string());
     }
-    let (ok, line) = check::verdict(&checks, &obs, start.elapsed().as_secs_f64());
+    let (ok, line) = check::verdict(
+        &checks,
+        &obs,
+        start.elapsed().as_secs_f64(),
+        swap_delta.as_ref(),
+    );
     say(&line);
     if ok {
         0

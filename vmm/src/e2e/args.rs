@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Command line of `apf-e2e`:
-//! `apf-e2e [--expect events|none] [--swap-zram MIB] [--timeout SECS] -- VMM ARGS...`
+//! `apf-e2e [--expect events|none] [--swap-zram MIB | --swap-disk NAME]
+//! [--page-cluster N] [--timeout SECS] -- VMM ARGS...`
 
 use std::ffi::OsString;
 
@@ -15,6 +16,11 @@ pub const MAX_TIMEOUT_SECS: u64 = 86_400;
 pub const MIN_SWAP_MIB: u64 = 1;
 /// Largest `--swap-zram` in MiB.
 pub const MAX_SWAP_MIB: u64 = 65_536;
+/// `vm.page-cluster` during a run with swap, unless `--page-cluster` says
+/// otherwise: no swap readahead.
+pub const DEFAULT_PAGE_CLUSTER: u32 = 0;
+/// Largest `--page-cluster` (the kernel's limit).
+pub const MAX_PAGE_CLUSTER: u32 = 31;
 
 /// What the APF event counters must show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -36,6 +42,8 @@ pub struct E2eArgs {
     pub swap_zram_mib: Option<u64>,
     /// Block device (a name in `/dev`, e.g. `vda`) to use whole as swap.
     pub swap_disk: Option<String>,
+    /// `vm.page-cluster` for the run; `Some` exactly when swap is set up.
+    pub page_cluster: Option<u32>,
     /// Kill the VMM after this many seconds.
     pub timeout_secs: u64,
     /// The VMM and its arguments.
@@ -73,6 +81,9 @@ pub enum E2eArgsError {
         /// Why.
         reason: String,
     },
+    /// An option that only applies with swap.
+    #[error("{0} needs --swap-disk or --swap-zram")]
+    NeedsSwap(&'static str),
     /// Nothing after `--`, or no `--`.
     #[error("no VMM command given (put it after --)")]
     NoCommand,
@@ -92,8 +103,14 @@ pub fn usage() -> String {
          \x20                       (default: only host/guest agreement)\n\
          \x20 --swap-zram MIB       set up MIB of swap on /dev/zram0 for the run, {MIN_SWAP_MIB}..{MAX_SWAP_MIB}\n\
          \x20 --swap-disk NAME      use block device /dev/NAME (e.g. vda) whole as swap for the run\n\
+         \x20 --page-cluster N      with swap: vm.page-cluster for the run, 0..{MAX_PAGE_CLUSTER}, restored after\n\
+         \x20                       (default {DEFAULT_PAGE_CLUSTER}: no swap readahead)\n\
          \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
-         \x20 -h, --help            this text\n"
+         \x20 -h, --help            this text\n\
+         \n\
+         With swap, the run also fails unless the swap device was read from during\n\
+         the run (swap-ins, /sys/block/NAME/stat) and the VMM's cgroup saw no OOM\n\
+         (its 'cgroup:' line, or the cgroup a killed VMM left behind).\n"
     )
 }
 
@@ -131,6 +148,7 @@ where
     let mut expect = None;
     let mut swap = None;
     let mut disk = None;
+    let mut page_cluster = None;
     let mut timeout = None;
     let mut command = None;
 
@@ -151,6 +169,7 @@ where
             "--expect" => "--expect",
             "--swap-zram" => "--swap-zram",
             "--swap-disk" => "--swap-disk",
+            "--page-cluster" => "--page-cluster",
             "--timeout" => "--timeout",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
@@ -190,6 +209,12 @@ where
                 };
                 set_once(&mut disk, option, name.to_string())?;
             }
+            "--page-cluster" => {
+                let n = number(option, &value, 0, u64::from(MAX_PAGE_CLUSTER))?;
+                // At most MAX_PAGE_CLUSTER, so it fits.
+                let n = u32::try_from(n).unwrap_or(MAX_PAGE_CLUSTER);
+                set_once(&mut page_cluster, option, n)?;
+            }
             _ => {
                 let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
                 set_once(&mut timeout, option, n)?;
@@ -200,10 +225,15 @@ where
     let command = command
         .filter(|c| !c.is_empty())
         .ok_or(E2eArgsError::NoCommand)?;
+    let with_swap = swap.is_some() || disk.is_some();
+    if !with_swap && page_cluster.is_some() {
+        return Err(E2eArgsError::NeedsSwap("--page-cluster"));
+    }
     Ok(E2eCommand::Run(E2eArgs {
         expect: expect.unwrap_or(Expect::Any),
         swap_zram_mib: swap,
         swap_disk: disk,
+        page_cluster: with_swap.then(|| page_cluster.unwrap_or(DEFAULT_PAGE_CLUSTER)),
         timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         command,
     }))
@@ -291,8 +321,49 @@ mod tests {
     fn swap_disk_names() {
         let a = run(&["--swap-disk", "vda", "--", "v"]);
         assert_eq!(a.swap_disk.as_deref(), Some("vda"));
+        assert_eq!(a.page_cluster, Some(DEFAULT_PAGE_CLUSTER));
         for bad in ["", "../vda", "vd a"] {
             assert!(p(&["--swap-disk", bad, "--", "v"]).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn page_cluster() {
+        assert_eq!(run(&["--", "v"]).page_cluster, None);
+        assert_eq!(
+            run(&["--swap-zram", "64", "--page-cluster=3", "--", "v"]).page_cluster,
+            Some(3)
+        );
+        assert_eq!(
+            run(&["--page-cluster", "31", "--swap-disk", "vda", "--", "v"]).page_cluster,
+            Some(31)
+        );
+        assert_eq!(
+            p(&["--page-cluster", "0", "--", "v"]),
+            Err(E2eArgsError::NeedsSwap("--page-cluster"))
+        );
+        for bad in ["32", "-1", "x", ""] {
+            assert!(
+                matches!(
+                    p(&["--swap-disk", "vda", "--page-cluster", bad, "--", "v"]),
+                    Err(E2eArgsError::InvalidValue { .. })
+                ),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            p(&[
+                "--swap-disk",
+                "vda",
+                "--page-cluster",
+                "0",
+                "--page-cluster",
+                "1",
+                "--",
+                "v"
+            ]),
+            Err(E2eArgsError::Duplicate("--page-cluster"))
+        );
+        assert!(usage().contains("--page-cluster"));
     }
 }

@@ -6,7 +6,12 @@
 use std::fmt;
 
 use super::args::Expect;
+use super::diskstat::DiskStat;
 use super::parse::{GuestApf, Observations, Workload};
+
+/// What a run with swap set up adds: the swap device's name and the
+/// increase of its I/O counters over the run, or why they are not known.
+pub type SwapDelta = (String, Result<DiskStat, String>);
 
 /// How the VMM process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -60,8 +65,66 @@ fn guest_counts(obs: &Observations) -> Option<GuestApf> {
     }
 }
 
-/// Evaluates every check, in the order they are reported.
-pub fn evaluate(obs: &Observations, end: VmmEnd, expect: Expect) -> Vec<Check> {
+/// Bytes as MiB with one decimal, or `max`.
+fn mib(bytes: u64) -> String {
+    if bytes == u64::MAX {
+        "max".to_string()
+    } else {
+        format!("{:.1} MiB", bytes as f64 / f64::from(1u32 << 20))
+    }
+}
+
+/// The checks of a run with swap: swap-ins from the device happened, and
+/// the VMM's cgroup saw no OOM (neither an OOM kill nor a failed charge).
+fn swap_checks(obs: &Observations, swap: &SwapDelta) -> [Check; 2] {
+    let (device, delta) = swap;
+    let swap_in = match delta {
+        Ok(d) => {
+            let mut details = format!(
+                "/dev/{device}: read {} KiB in {} requests ({} ms waiting), wrote {} KiB",
+                d.read_kib(),
+                d.read_ios,
+                d.read_ms,
+                d.write_kib()
+            );
+            if let Some(r) = &obs.memcg {
+                details += &format!(
+                    "; cgroup: pgmajfault={} workingset_refault_anon={}",
+                    r.pgmajfault, r.workingset_refault_anon
+                );
+            }
+            check("swap-in", d.read_ios > 0, details)
+        }
+        Err(e) => check("swap-in", false, e.clone()),
+    };
+    let no_oom = match &obs.memcg {
+        Some(r) => check(
+            "no-oom",
+            r.oom == 0 && r.oom_kill == 0,
+            format!(
+                "cgroup: oom={} oom_kill={}, events high={} max={}, peak {} (high {}, max {})",
+                r.oom,
+                r.oom_kill,
+                r.events_high,
+                r.events_max,
+                mib(r.peak),
+                mib(r.high),
+                mib(r.max)
+            ),
+        ),
+        None => check("no-oom", false, "no report of the VMM's cgroup"),
+    };
+    [swap_in, no_oom]
+}
+
+/// Evaluates every check, in the order they are reported. `swap` is given
+/// for a run with swap set up.
+pub fn evaluate(
+    obs: &Observations,
+    end: VmmEnd,
+    expect: Expect,
+    swap: Option<&SwapDelta>,
+) -> Vec<Check> {
     let mut checks = Vec::new();
 
     checks.push(match end {
@@ -163,25 +226,46 @@ pub fn evaluate(obs: &Observations, end: VmmEnd, expect: Expect) -> Vec<Check> {
             ));
         }
     }
+    if let Some(delta) = swap {
+        checks.extend(swap_checks(obs, delta));
+    }
     checks
 }
 
-/// The final line: `e2e: PASS not_present=N ready=M wall=Xs` or `e2e: FAIL ...`.
-pub fn verdict(checks: &[Check], obs: &Observations, wall_secs: f64) -> (bool, String) {
+/// The final line: `e2e: PASS not_present=N ready=M wall=Xs` or `e2e: FAIL
+/// (checks) wall=Xs`, followed by ` swap_read_kib=N` (read from the swap
+/// device) for a run with swap and ` peak_mib=X.X` (the cgroup's
+/// memory.peak) for one in a cgroup.
+pub fn verdict(
+    checks: &[Check],
+    obs: &Observations,
+    wall_secs: f64,
+    swap: Option<&SwapDelta>,
+) -> (bool, String) {
     let failed: Vec<&str> = checks.iter().filter(|c| !c.ok).map(|c| c.name).collect();
     let g = guest_counts(obs).unwrap_or_default();
+    let mut extra = String::new();
+    if let Some((_, Ok(d))) = swap {
+        extra += &format!(" swap_read_kib={}", d.read_kib());
+    }
+    if let Some(r) = &obs.memcg {
+        extra += &format!(" peak_mib={:.1}", r.peak as f64 / f64::from(1u32 << 20));
+    }
     if failed.is_empty() {
         (
             true,
             format!(
-                "e2e: PASS not_present={} ready={} wall={wall_secs:.1}s",
+                "e2e: PASS not_present={} ready={} wall={wall_secs:.1}s{extra}",
                 g.not_present, g.ready
             ),
         )
     } else {
         (
             false,
-            format!("e2e: FAIL ({}) wall={wall_secs:.1}s", failed.join(", ")),
+            format!(
+                "e2e: FAIL ({}) wall={wall_secs:.1}s{extra}",
+                failed.join(", ")
+            ),
         )
     }
 }
@@ -212,10 +296,10 @@ mod tests {
     #[test]
     fn passing_events_run() {
         let o = obs(&GOOD);
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
         assert_eq!(names_failed(&c), Vec::<&str>::new());
         assert_eq!(c.len(), 6);
-        let (ok, line) = verdict(&c, &o, 12.34);
+        let (ok, line) = verdict(&c, &o, 12.34, None);
         assert!(ok);
         assert_eq!(line, "e2e: PASS not_present=7 ready=7 wall=12.3s");
         assert_eq!(
@@ -223,12 +307,12 @@ mod tests {
             "e2e: check host-guest-agree: ok (not_present host=7 guest=7, ready host=7 guest=7)"
         );
         // The same run does not pass as "none".
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, None);
         assert_eq!(names_failed(&c), vec!["apf-hidden"]);
         // Nor with a mismatch.
         let mut o2 = o.clone();
         o2.feed("apf: vcpu1 apf_not_present=5 apf_ready=4");
-        let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Any);
+        let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Any, None);
         assert_eq!(names_failed(&c), vec!["host-guest-agree"]);
     }
 
@@ -239,18 +323,18 @@ mod tests {
             "workload: ok procs=2",
             "apf: vcpu0 apf_not_present=0 apf_ready=0",
         ]);
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, None);
         assert_eq!(names_failed(&c), Vec::<&str>::new());
-        assert!(verdict(&c, &o, 1.0).0);
+        assert!(verdict(&c, &o, 1.0, None).0);
         // Expecting events from it fails on the missing line and counts.
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
         assert_eq!(names_failed(&c), vec!["guest-shutdown", "events"]);
     }
 
     #[test]
     fn failures_are_named() {
         let o = obs(&["workload: FAIL proc=0 thread=1 page=3 expected=0x1 got=0x0"]);
-        let c = evaluate(&o, VmmEnd::Timeout(600), Expect::Events);
+        let c = evaluate(&o, VmmEnd::Timeout(600), Expect::Events, None);
         assert_eq!(
             names_failed(&c),
             vec![
@@ -263,18 +347,105 @@ mod tests {
             ]
         );
         assert!(c[0].details.contains("600s"));
-        let (ok, line) = verdict(&c, &o, 600.0);
+        let (ok, line) = verdict(&c, &o, 600.0, None);
         assert!(!ok);
         assert!(line.starts_with("e2e: FAIL (vmm-exit, workload"));
 
-        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Any);
+        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Any, None);
         assert_eq!(names_failed(&c), vec!["vmm-exit"]);
-        let c = evaluate(&obs(&GOOD), VmmEnd::Exit(1), Expect::Any);
+        let c = evaluate(&obs(&GOOD), VmmEnd::Exit(1), Expect::Any, None);
         assert_eq!(names_failed(&c), vec!["vmm-exit"]);
 
         let mut o = obs(&GOOD);
         o.feed("apf: vcpu2 statistics unavailable: EIO");
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
         assert_eq!(names_failed(&c), vec!["host-stats"]);
+    }
+
+    #[test]
+    fn swap_runs() {
+        use crate::memcg::MemcgReport;
+
+        let report = MemcgReport {
+            high: 48 << 20,
+            max: 72 << 20,
+            peak: 50 << 20,
+            events_high: 300,
+            pgmajfault: 1400,
+            workingset_refault_anon: 1500,
+            ..MemcgReport::default()
+        };
+        let mut o = obs(&GOOD);
+        o.feed(&report.line());
+        let io = DiskStat {
+            read_ios: 1500,
+            read_sectors: 12000,
+            read_ms: 900,
+            write_ios: 2000,
+            write_sectors: 16000,
+        };
+        let good: SwapDelta = ("vda".into(), Ok(io));
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&good));
+        assert_eq!(names_failed(&c), Vec::<&str>::new());
+        assert_eq!(c.len(), 8);
+        assert_eq!(
+            c[6].to_string(),
+            "e2e: check swap-in: ok (/dev/vda: read 6000 KiB in 1500 requests (900 ms waiting), \
+             wrote 8000 KiB; cgroup: pgmajfault=1400 workingset_refault_anon=1500)"
+        );
+        assert_eq!(
+            c[7].to_string(),
+            "e2e: check no-oom: ok (cgroup: oom=0 oom_kill=0, events high=300 max=0, \
+             peak 50.0 MiB (high 48.0 MiB, max 72.0 MiB))"
+        );
+        let (ok, line) = verdict(&c, &o, 60.04, Some(&good));
+        assert!(ok);
+        assert_eq!(
+            line,
+            "e2e: PASS not_present=7 ready=7 wall=60.0s swap_read_kib=6000 peak_mib=50.0"
+        );
+
+        // Nothing read back from the device: the case did not swap in.
+        let none: SwapDelta = (
+            "vda".into(),
+            Ok(DiskStat {
+                write_ios: 10,
+                ..DiskStat::default()
+            }),
+        );
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&none));
+        assert_eq!(names_failed(&c), vec!["swap-in"]);
+
+        // No cgroup report (the VMM was killed), or an OOM in the cgroup.
+        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Events, Some(&good));
+        assert_eq!(names_failed(&c), vec!["vmm-exit", "no-oom"]);
+        assert_eq!(c[7].details, "no report of the VMM's cgroup");
+        for r in [
+            MemcgReport { oom: 1, ..report },
+            MemcgReport {
+                oom_kill: 1,
+                ..report
+            },
+        ] {
+            let mut o2 = obs(&GOOD);
+            o2.feed(&r.line());
+            let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Events, Some(&good));
+            assert_eq!(names_failed(&c), vec!["no-oom"]);
+            let (ok, line) = verdict(&c, &o2, 1.0, Some(&good));
+            assert!(!ok);
+            assert_eq!(
+                line,
+                "e2e: FAIL (no-oom) wall=1.0s swap_read_kib=6000 peak_mib=50.0"
+            );
+        }
+
+        // The device's counters could not be read.
+        let err: SwapDelta = ("vda".into(), Err("/sys/block/vda/stat: gone".into()));
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&err));
+        assert_eq!(names_failed(&c), vec!["swap-in"]);
+        assert_eq!(c[6].details, "/sys/block/vda/stat: gone");
+        let (_, line) = verdict(&c, &o, 1.0, Some(&err));
+        assert!(line.ends_with("wall=1.0s peak_mib=50.0"), "{line}");
+        assert_eq!(mib(u64::MAX), "max");
     }
 }

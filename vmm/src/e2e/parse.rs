@@ -9,9 +9,13 @@
 //!   another console writer interleaved with);
 //! - the guest kernel's `apf_guest: not offered by the hypervisor`;
 //! - the VMM's `apf: vcpuK apf_not_present=.. apf_ready=.. ...` lines;
-//! - the VMM's `uffd: ...` line, kept as is.
+//! - the VMM's `uffd: ...` line, kept as is;
+//! - the VMM's `cgroup: ...` line (cgroup memory mode), read with
+//!   [`MemcgReport::parse_line`], the format the VMM prints it in.
 
 use std::collections::BTreeMap;
+
+use crate::memcg::MemcgReport;
 
 /// The guest's counters at power-off.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -57,6 +61,8 @@ pub struct Observations {
     pub host_unavailable: Vec<u32>,
     /// The VMM's uffd statistics line, if any.
     pub uffd: Option<String>,
+    /// The VMM's memory cgroup report, if any.
+    pub memcg: Option<MemcgReport>,
     /// Lines read.
     pub lines: u64,
 }
@@ -126,6 +132,9 @@ impl Observations {
         }
         if line.starts_with("uffd: ") {
             self.uffd = Some(line.to_string());
+        }
+        if let Some(r) = MemcgReport::parse_line(line) {
+            self.memcg = Some(r);
         }
     }
 
@@ -199,7 +208,24 @@ mod tests {
             }
         );
         assert!(o.uffd.as_deref().unwrap_or("").contains("evictions=2"));
+        assert_eq!(o.memcg, None);
         assert_eq!(o.lines, 9);
+    }
+
+    #[test]
+    fn cgroup_line() {
+        let r = MemcgReport {
+            high: 48 << 20,
+            max: 72 << 20,
+            peak: 49 << 20,
+            events_high: 5,
+            ..MemcgReport::default()
+        };
+        let o = feed(&[&r.line(), "workload: ok procs=2"]);
+        assert_eq!(o.memcg, Some(r));
+        // Only from the VMM, at the start of a line, and complete.
+        let o = feed(&[&format!("guest says {}", r.line()), "cgroup: high=1 max=2"]);
+        assert_eq!(o.memcg, None);
     }
 
     #[test]

@@ -231,6 +231,49 @@ impl Drop for DiskSwap {
     }
 }
 
+/// Where the swap readahead setting is.
+pub const PAGE_CLUSTER: &str = "/proc/sys/vm/page-cluster";
+
+/// `vm.page-cluster` set for a run and restored on drop.
+///
+/// Each swap-in reads up to 2^page-cluster pages (readahead), all of them
+/// charged to the faulting cgroup. At 0 a swap-in reads one page, so each
+/// fetch in flight (up to 64 per vCPU with APF) holds one page at most.
+pub struct PageCluster {
+    path: PathBuf,
+    saved: String,
+}
+
+impl PageCluster {
+    /// Writes `value` to `path` (normally [`PAGE_CLUSTER`]), keeping the
+    /// old value to restore.
+    pub fn set(path: &Path, value: u32) -> Result<PageCluster, SwapError> {
+        let saved = fs::read_to_string(path).map_err(io_err(path))?;
+        fs::write(path, value.to_string()).map_err(io_err(path))?;
+        Ok(PageCluster {
+            path: path.to_path_buf(),
+            saved: saved.trim().to_string(),
+        })
+    }
+
+    /// The value before [`PageCluster::set`], restored on drop.
+    pub fn saved(&self) -> &str {
+        &self.saved
+    }
+}
+
+impl Drop for PageCluster {
+    fn drop(&mut self) {
+        if let Err(e) = fs::write(&self.path, &self.saved) {
+            eprintln!(
+                "apf-e2e: warning: restoring {} to {}: {e}",
+                self.path.display(),
+                self.saved
+            );
+        }
+    }
+}
+
 /// A zram device in use as swap; swapped off and reset on drop.
 pub struct ZramSwap {
     device: PathBuf,
@@ -351,6 +394,23 @@ mod tests {
             fs::read_to_string(dir.join("sys/zram0/reset")).unwrap(),
             "1"
         );
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn page_cluster_set_and_restored() {
+        let dir = std::env::temp_dir().join(format!("apf-e2e-pc-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("page-cluster");
+        let e = PageCluster::set(&file, 0).err().unwrap();
+        assert!(e.to_string().contains("page-cluster"), "{e}");
+        fs::write(&file, "3\n").unwrap();
+        let pc = PageCluster::set(&file, 0).unwrap();
+        assert_eq!(pc.saved(), "3");
+        assert_eq!(fs::read_to_string(&file).unwrap(), "0");
+        drop(pc);
+        assert_eq!(fs::read_to_string(&file).unwrap(), "3");
         fs::remove_dir_all(&dir).unwrap();
     }
 
