@@ -5,22 +5,26 @@
 # without a word).
 source "$(dirname "$0")/lib.sh"
 
+# config/*.config, plus the fragments named in EXTRA_CONFIG (test-debug).
+frags=("$TOP"/config/*.config)
+for f in ${EXTRA_CONFIG:-}; do frags+=("$TOP/$f"); done
+
 STAMP=$KOUT/.apf-config
-inputs=$(hash_inputs config)-$(git -C "$TREE" rev-parse HEAD)
+inputs=$(hash_inputs config)-${EXTRA_CONFIG:-}-$(git -C "$TREE" rev-parse HEAD)
 if [ -f "$KOUT/.config" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$inputs" ]; then
 	exit 0
 fi
 
-say "configuring the kernel from config/*.config"
+say "configuring the kernel from config/*.config ${EXTRA_CONFIG:-}"
 rm -f "$STAMP"
 mkdir -p "$KOUT"
 "${KMAKE[@]}" -s tinyconfig >/dev/null
-"$TREE/scripts/kconfig/merge_config.sh" -m -O "$KOUT" "$KOUT/.config" "$TOP"/config/*.config >"$B/merge_config.log" 2>&1 ||
+"$TREE/scripts/kconfig/merge_config.sh" -m -O "$KOUT" "$KOUT/.config" "${frags[@]}" >"$B/merge_config.log" 2>&1 ||
 	die "merge_config failed (see $B/merge_config.log)"
 "${KMAKE[@]}" -s olddefconfig >/dev/null
 
 bad=0
-for frag in "$TOP"/config/*.config; do
+for frag in "${frags[@]}"; do
 	while IFS= read -r line; do
 		case "$line" in
 		CONFIG_*=*)

@@ -5,7 +5,7 @@ set -euo pipefail
 TOP=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 B=${B:-$TOP/build}			# all build output; ignored by git
 TREE=$B/linux				# assembled kernel git tree
-KOUT=$B/kbuild				# kernel O= directory
+KOUT=${KOUT:-$B/kbuild}			# kernel O= directory
 KSRC_TARBALL=${KSRC_TARBALL:-/usr/src/linux-source-6.12.tar.xz}
 BASE_VERSION=$(cat "$TOP/patches/BASE")	# the 6.12.y the series was made against
 JOBS=${JOBS:-$(nproc)}
