@@ -9,13 +9,15 @@ S := scripts
 TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/e2e.list tests/regression.list
 RUN_LISTS := tests/demo.list
 
-.PHONY: all deps tree config kernel selftests guest vmm-test test run check series refresh clean help
+.PHONY: all deps tree config kernel selftests guest vmm-test test test-debug run soak-swap check series refresh clean help
 
 all: kernel
 
 help:
 	@echo "make run        boot the emulated arm64 KVM host and run the demo"
+	@echo "make soak-swap  run e2e-swap and e2e-swap-hidden SOAK_RUNS times each (default 20)"
 	@echo "make test       build everything and run every test (what CI runs)"
+	@echo "make test-debug the APF tests on a KASAN/lockdep/kmemleak host kernel"
 	@echo "make check      rustfmt, CLIPPY=1 build and checkpatch on the series"
 	@echo "make series     export the patch series with a cover letter to out/series"
 	@echo "make tree       assemble build/linux from Debian's source + this repo"
@@ -51,8 +53,20 @@ vmm-test: deps
 test: selftests guest vmm-test
 	@$(S)/boot.sh test $(TEST_LISTS)
 
+# The heavy lane, not in `make test`: a second host kernel with KASAN,
+# lockdep, kmemleak and debug objects (config/debug/), tests/debug.list.
+test-debug: selftests guest
+	@$(S)/test-debug.sh
+
 run: guest
 	@$(S)/boot.sh run verbose $(RUN_LISTS)
+
+# Soak the swap case (not part of make test): one boot of the emulated
+# host, e2e-swap and e2e-swap-hidden from tests/e2e.list SOAK_RUNS times
+# each, interleaved, then the pass counts.
+SOAK_RUNS ?= 20
+soak-swap: guest
+	@$(S)/soak-swap.sh $(SOAK_RUNS)
 
 check: config
 	@$(S)/check.sh
