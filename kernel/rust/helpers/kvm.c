@@ -47,10 +47,11 @@ void rust_helper_smccc_set_retval(struct kvm_vcpu *vcpu, u64 a0, u64 a1,
 	smccc_set_retval(vcpu, a0, a1, a2, a3);
 }
 
-/* kvm_make_request() insists on a constant, which Rust cannot pass */
-void rust_helper_kvm_make_request(int req, struct kvm_vcpu *vcpu)
+/* KVM_REQ_ASYNC_PF is a statement expression, which bindgen cannot bind */
+void rust_helper_kvm_request_async_pf(struct kvm_vcpu *vcpu)
 {
-	__kvm_make_request(req, vcpu);
+	kvm_make_request(KVM_REQ_ASYNC_PF, vcpu);
+	kvm_vcpu_kick(vcpu);
 }
 
 void rust_helper_trace_kvm_async_pf_not_present(u64 token, u64 gpa)
@@ -111,5 +112,20 @@ int rust_helper_kvm_online_vcpus(struct kvm *kvm)
 struct kvm_vcpu *rust_helper_kvm_get_vcpu(struct kvm *kvm, int i)
 {
 	return kvm_get_vcpu(kvm, i);
+}
+int rust_helper_kvm_vcpu_pmu_irq(struct kvm_vcpu *vcpu)
+{
+	return kvm_arm_pmu_irq_initialized(vcpu) ? vcpu->arch.pmu.irq_num : 0;
+}
+
+int rust_helper_kvm_vgic_inject_owned_ppi(struct kvm_vcpu *vcpu, u32 intid,
+					  bool level, void *owner)
+{
+	return kvm_vgic_inject_irq(vcpu->kvm, vcpu, intid, level, owner);
+}
+
+bool rust_helper_kvm_async_pf_done_empty(struct kvm_vcpu *vcpu)
+{
+	return list_empty_careful(&vcpu->async_pf.done);
 }
 #endif /* CONFIG_KVM_ARM_ASYNC_PF */

@@ -22,14 +22,16 @@ use kernel::{
         async_pf::{self, AsyncPf},
         guest_cache::GuestCache,
         smccc::{self, SmcccError, SmcccResult},
-        Gfn, Gpa, Kvm, Memslot, Vcpu,
+        Gfn, Gpa, Kvm, Memslot, OwnedVcpu, Vcpu,
     },
+    macros::export,
     prelude::*,
     uaccess::UserSlice,
 };
 
 const ENABLED: u64 = bindings::KVM_ASYNC_PF_ENABLED as u64;
 const PAGE_READY: u32 = bindings::KVM_PV_REASON_PAGE_READY;
+const WAKE_ALL: u32 = bindings::KVM_ASYNC_PF_WAKE_ALL_TOKEN;
 /// Attribute ids, compared in full width.
 const ATTR_IRQ: u64 = bindings::KVM_ARM_VCPU_ASYNC_PF_IRQ as u64;
 const ATTR_BLOCK: u64 = bindings::KVM_ARM_VCPU_ASYNC_PF_BLOCK as u64;
@@ -47,8 +49,6 @@ const REASON_OFFSET: usize = core::mem::offset_of!(bindings::kvm_vcpu_pv_apf_dat
 const TOKEN_OFFSET: usize = core::mem::offset_of!(bindings::kvm_vcpu_pv_apf_data, token);
 const TOKEN_VCPU_BITS: u32 = 12;
 const TOKEN_SEQ_MASK: u32 = (1 << (32 - TOKEN_VCPU_BITS)) - 1;
-/// `KVM_REQ_ASYNC_PF` of `asm/kvm_host.h`, which is `KVM_ARCH_REQ(9)`.
-const REQ_ASYNC_PF: u32 = bindings::KVM_REQUEST_ARCH_BASE + 9;
 
 /// Why a fault that needed I/O was handled synchronously.
 #[derive(Clone, Copy)]
@@ -58,7 +58,8 @@ enum Fallback {
     NotEl0,
     /// The guest has not enabled APF on this vCPU.
     Disabled,
-    /// The control block still holds an event the guest has not consumed.
+    /// The control block still holds an event the guest has not consumed,
+    /// or a PAGE_READY waits to be written into it.
     Busy,
     /// As many faults as the guest was told (SLOTS) are already outstanding.
     QueueFull,
@@ -71,42 +72,26 @@ enum Fallback {
     Refault,
 }
 
-/// The APF state of one vCPU (`struct kvm_vcpu_apf`).
-///
-/// # Invariants
-///
-/// `st` points to the state embedded in `vcpu`, which only `vcpu`'s owning
-/// thread, the holder of the `&Vcpu`, touches.
+/// The APF side of one vCPU, in the hands of its owner.
 struct Apf<'a> {
-    vcpu: &'a Vcpu,
-    st: *mut bindings::kvm_vcpu_apf,
+    vcpu: OwnedVcpu<'a>,
 }
 
 impl<'a> Apf<'a> {
-    fn of(vcpu: &'a Vcpu) -> Self {
-        // SAFETY: The vCPU is valid, so is its arch state.
-        let st = unsafe { core::ptr::addr_of_mut!((*vcpu.arch()).apf) };
-        // INVARIANT: `st` is embedded in `vcpu`, which the caller owns.
-        Self { vcpu, st }
+    fn of(vcpu: OwnedVcpu<'a>) -> Self {
+        Self { vcpu }
     }
 
-    fn block(&self) -> u64 {
-        // SAFETY: `st` is valid and ours (type invariant).
-        unsafe { (*self.st).block }
+    fn st(&mut self) -> &mut bindings::kvm_apf_state {
+        self.vcpu.apf_state()
     }
 
-    fn enabled(&self) -> bool {
-        self.block() & ENABLED != 0
+    fn cache(&mut self) -> GuestCache<'_> {
+        self.vcpu.apf_cache()
     }
 
-    /// The PPI that signals PAGE_READY: the VMM's choice, or the default
-    /// until it makes one.
-    fn irq(&self) -> u32 {
-        // SAFETY: `st` is valid and ours (type invariant).
-        match unsafe { (*self.st).irq } {
-            0 => bindings::KVM_ASYNC_PF_DEFAULT_IRQ,
-            irq => irq,
-        }
+    fn enabled(&mut self) -> bool {
+        self.st().block & ENABLED != 0
     }
 
     /// Whether this vCPU may use APF at all: not with a virtual EL2, whose
@@ -116,60 +101,50 @@ impl<'a> Apf<'a> {
         !self.vcpu.has_nv()
     }
 
-    fn ready_pending(&self) -> bool {
-        // SAFETY: `st` is valid and ours (type invariant).
-        unsafe { (*self.st).ready_pending }
-    }
-
-    fn cache(&mut self) -> &mut GuestCache {
-        // SAFETY: `st` is valid and ours (type invariant); the cache was
-        // initialised when the block was registered, and is only used then.
-        unsafe { GuestCache::from_raw(core::ptr::addr_of_mut!((*self.st).cache)) }
-    }
-
-    /// Returns the `reason` field of the guest's control block.
-    fn reason(&mut self) -> Result<u32> {
-        let kvm = self.vcpu.kvm();
-        self.cache().read::<u32>(kvm, REASON_OFFSET)
+    /// Returns the `reason` field of the guest's control block, or `None`
+    /// if the block cannot be read. Then a completion must not keep waking
+    /// a vCPU that idles: see [`kvm_arm_apf_pending`].
+    fn reason(&mut self) -> Option<u32> {
+        let reason = self.cache().read::<u32>(REASON_OFFSET).ok();
+        self.st().stalled = reason.is_none();
+        reason
     }
 
     /// Writes an event into the control block: the token, then the reason.
     fn post(&mut self, reason: u32, token: u32) -> Result {
-        let kvm = self.vcpu.kvm();
-        self.cache().write(kvm, TOKEN_OFFSET, &token)?;
-        self.cache().write(kvm, REASON_OFFSET, &reason)
+        let mut cache = self.cache();
+        cache.write(TOKEN_OFFSET, &token)?;
+        cache.write(REASON_OFFSET, &reason)
     }
 
     /// Returns whether a new event may be written into the control block.
     fn block_free(&mut self) -> bool {
-        !self.ready_pending() && matches!(self.reason(), Ok(0))
+        !self.st().ready_pending && self.reason() == Some(0)
     }
 
     /// Returns whether the block holds a PAGE_READY the guest has not
     /// consumed. Then the PPI must be up: the guest only looks at the block
     /// when it takes the interrupt.
     fn block_holds_ready(&mut self) -> bool {
-        matches!(self.reason(), Ok(PAGE_READY))
+        self.reason() == Some(PAGE_READY)
     }
 
     /// Remembers that the fetch of `gfn` was reported ready: the guest's
     /// retry must not be sent asynchronously again. Holds as many pages as
     /// faults may be outstanding; the oldest is forgotten first.
     fn note_refault(&mut self, gfn: Gfn) {
-        // SAFETY: `st` is valid and ours (type invariant).
-        let st = unsafe { &mut *self.st };
-        let slot = st.refault_next as usize % st.refault.len();
+        let r = self.vcpu.apf_refault();
+        let slot = r.next as usize % r.gfn.len();
         // Stored plus one: 0 marks a free entry.
-        st.refault[slot] = gfn.as_u64() + 1;
-        st.refault_next = st.refault_next.wrapping_add(1);
+        r.gfn[slot] = gfn.as_u64() + 1;
+        r.next = r.next.wrapping_add(1);
     }
 
     /// Forgets `gfn` if a PAGE_READY for it is still unanswered by a
     /// retry; returns whether it was.
     fn take_refault(&mut self, gfn: Gfn) -> bool {
-        // SAFETY: `st` is valid and ours (type invariant).
-        let st = unsafe { &mut *self.st };
-        match st.refault.iter_mut().find(|g| **g == gfn.as_u64() + 1) {
+        let r = self.vcpu.apf_refault();
+        match r.gfn.iter_mut().find(|g| **g == gfn.as_u64() + 1) {
             Some(g) => {
                 *g = 0;
                 true
@@ -183,83 +158,105 @@ impl<'a> Apf<'a> {
     fn next_token(&mut self) -> u32 {
         let idx = self.vcpu.idx() & ((1 << TOKEN_VCPU_BITS) - 1);
         loop {
-            // SAFETY: `st` is valid and ours (type invariant).
-            let seq = unsafe {
-                (*self.st).seq = (*self.st).seq.wrapping_add(1) & TOKEN_SEQ_MASK;
-                (*self.st).seq
-            };
+            let st = self.st();
+            st.seq = st.seq.wrapping_add(1) & TOKEN_SEQ_MASK;
+            let seq = st.seq;
             let token = (seq << TOKEN_VCPU_BITS) | idx;
             // At most SLOTS tokens are in use, so this ends quickly.
-            if seq != 0 && async_pf::token_is_free(self.vcpu, token) {
+            if seq != 0 && !self.vcpu.async_pf_any(|pf| pf.arch().token == token) {
                 return token;
             }
         }
     }
 
     fn set_ready_pending(&mut self, pending: bool) {
-        if pending == self.ready_pending() {
+        if pending == self.st().ready_pending {
             return;
         }
-        // SAFETY: `st` is valid and ours (type invariant).
-        unsafe { (*self.st).ready_pending = pending };
+        self.st().ready_pending = pending;
         // The line stays up until the guest acks, like a level interrupt.
-        // It only fails without a vGIC, where APF cannot be enabled.
-        let _ = self.vcpu.set_ppi_level(self.irq(), pending);
+        // APF is only enabled with a vGIC, and its first run claimed the
+        // PPI for us, so the vGIC takes the change.
+        let irq = irq_of(self.st());
+        let owner = self.vcpu.shared();
+        let _ = self.vcpu.set_ppi_level(irq, pending, owner);
     }
 
-    /// Forgets the registration and every fault in flight. Writes nothing
-    /// to the guest, now or later.
-    fn disable(&mut self) {
+    /// Writes the PAGE_READY that is owed, if the block is free. Returns
+    /// whether none is owed any more. A failed access to the block keeps
+    /// it owed, for the next guest entry.
+    fn deliver_owed(&mut self) -> bool {
+        let (token, gfn) = (self.st().owed_token, Gfn::new(self.st().owed_gfn));
+        if token == 0 {
+            return true;
+        }
+        if self.st().ready_pending {
+            return false;
+        }
+        match self.reason() {
+            Some(0) => {}
+            // The guest has not consumed the last event yet.
+            Some(_) => return false,
+            None => return false,
+        }
+        if self.post(PAGE_READY, token).is_err() {
+            // Kept, and retried at the next entry.
+            self.st().stalled = true;
+            return false;
+        }
+        self.st().owed_token = 0;
+        if token != WAKE_ALL {
+            self.note_refault(gfn);
+        }
+        self.set_ready_pending(true);
+        self.vcpu.count(|s| &s.apf_ready);
+        async_pf::trace_ready(token, gfn.gpa());
+        true
+    }
+
+    /// Forgets every fault in flight and every event, and unregisters the
+    /// block. Writes nothing to the guest, now or later.
+    fn forget(&mut self) {
         self.vcpu.async_pf_clear();
         self.set_ready_pending(false);
-        // SAFETY: `st` is valid and ours (type invariant).
-        unsafe {
-            (*self.st).block = 0;
-            (*self.st).refault = [0; async_pf::SLOTS as usize];
-        }
+        let st = self.st();
+        st.block = 0;
+        st.owed_token = 0;
+        st.owed_gfn = 0;
+        st.stalled = false;
+        *self.vcpu.apf_refault() = Default::default();
     }
 
-    /// Registers the control block at `gpa` and queues a wake-all, which
-    /// also wakes tasks a migration source had parked.
+    /// DISABLE, vCPU reset: as [`Apf::forget`], and the block's address is
+    /// dropped too.
+    fn disable(&mut self) {
+        self.forget();
+        self.cache().reset();
+    }
+
+    /// Registers the control block at `gpa` and owes the guest a wake-all,
+    /// which also wakes tasks a migration source had parked. Allocates
+    /// nothing, so that it either succeeds or changes nothing.
     fn enable(&mut self, gpa: Gpa) -> Result {
         if gpa.as_u64() == 0 || !gpa.is_aligned(BLOCK_ALIGN) {
             return Err(EINVAL);
         }
-        if !self.vcpu.kvm().has_irqchip() {
+        if !self.vcpu.shared().kvm().has_irqchip() {
             return Err(ENODEV);
         }
-        // Validate into a scratch cache, so that failure changes nothing.
-        let mut scratch = bindings::gfn_to_hva_cache::default();
-        // SAFETY: `scratch` is a local we own.
-        unsafe { GuestCache::from_raw(&mut scratch) }.init(self.vcpu.kvm(), gpa, BLOCK_SIZE)?;
-        self.disable();
-        // SAFETY: `st` is valid and ours (type invariant).
-        unsafe {
-            (*self.st).cache = scratch;
-            (*self.st).block = gpa.as_u64() | ENABLED;
-        }
+        // Leaves the cache as it was on failure; nothing else changed yet.
+        self.cache().set(gpa, BLOCK_SIZE)?;
+        self.forget();
+        self.st().block = gpa.as_u64() | ENABLED;
         // A block restored by a VMM may hold a PAGE_READY that was sent,
         // and maybe acked, on the source: whether it is outstanding is in
         // guest memory, so the line level follows from it.
         if self.block_holds_ready() {
             self.set_ready_pending(true);
         }
-        self.vcpu.async_pf_wakeup_all()
-    }
-
-    fn count(&self, why: Fallback) {
-        let stat = self.vcpu.stat();
-        // SAFETY: The stats are valid and only the vCPU's thread writes them.
-        unsafe {
-            match why {
-                Fallback::NotEl0 => (*stat).apf_sync_not_el0 += 1,
-                Fallback::Disabled => (*stat).apf_sync_disabled += 1,
-                Fallback::Busy => (*stat).apf_sync_busy += 1,
-                Fallback::QueueFull => (*stat).apf_sync_queue_full += 1,
-                Fallback::Repeat => (*stat).apf_sync_repeat += 1,
-                Fallback::Refault => (*stat).apf_sync_refault += 1,
-            }
-        }
+        self.st().owed_token = WAKE_ALL;
+        self.vcpu.shared().request_async_pf();
+        Ok(())
     }
 
     /// Turns a fault that needs I/O into PAGE_NOT_PRESENT, if allowed.
@@ -273,10 +270,13 @@ impl<'a> Apf<'a> {
         if self.take_refault(gfn) {
             return Err(Fallback::Refault);
         }
-        if !self.block_free() {
+        if self.st().owed_token != 0 || !self.block_free() {
             return Err(Fallback::Busy);
         }
-        if async_pf::gfn_is_pending(self.vcpu, gfn) {
+        if self
+            .vcpu
+            .async_pf_any(|pf| !pf.is_wakeup_all() && pf.arch().gfn == gfn.as_u64())
+        {
             async_pf::trace_repeated_fault(ipa);
             return Err(Fallback::Repeat);
         }
@@ -288,12 +288,23 @@ impl<'a> Apf<'a> {
             gfn: gfn.as_u64(),
         };
         match self.vcpu.async_pf_setup(ipa, hva, arch) {
-            Some(pf) if pf.notpresent_injected() => Ok(()),
+            Some(true) => Ok(()),
             // The block could not be written: the fetch goes on, but the
             // guest never hears of it, so take the fault synchronously.
-            Some(_) => Err(Fallback::Busy),
+            Some(false) => Err(Fallback::Busy),
             None => Err(Fallback::QueueFull),
         }
+    }
+
+    fn count(&mut self, why: Fallback) {
+        self.vcpu.count(|s| match why {
+            Fallback::NotEl0 => &s.apf_sync_not_el0,
+            Fallback::Disabled => &s.apf_sync_disabled,
+            Fallback::Busy => &s.apf_sync_busy,
+            Fallback::QueueFull => &s.apf_sync_queue_full,
+            Fallback::Repeat => &s.apf_sync_repeat,
+            Fallback::Refault => &s.apf_sync_refault,
+        });
     }
 
     fn hypercall(&mut self) -> SmcccResult {
@@ -303,7 +314,7 @@ impl<'a> Apf<'a> {
         match self.vcpu.reg(1) {
             CALL_VERSION => Ok(bindings::KVM_ASYNC_PF_VERSION_1_0.into()),
             CALL_SLOTS => Ok(async_pf::SLOTS.into()),
-            CALL_IRQ => Ok(self.irq().into()),
+            CALL_IRQ => Ok(irq_of(self.st()).into()),
             CALL_ENABLE => {
                 let (gpa, flags) = (self.vcpu.reg(2), self.vcpu.reg(3));
                 if flags & !ENABLED != 0 {
@@ -336,21 +347,41 @@ impl<'a> Apf<'a> {
         }
     }
 
+    /// Checks a PPI for the IRQ attribute: not one the VM's timers or PMU
+    /// use, and the same as any other vCPU of the VM was given.
+    fn ppi_ok(&self, irq: u32) -> Result {
+        if !(16..=31).contains(&irq) {
+            return Err(EINVAL);
+        }
+        let kvm = self.vcpu.shared().kvm();
+        if kvm.timer_uses_ppi(irq) {
+            return Err(EBUSY);
+        }
+        let me = self.vcpu.idx();
+        if kvm.any_vcpu(|v| v.pmu_ppi() == Some(irq)) {
+            return Err(EBUSY);
+        }
+        if kvm.any_vcpu(|v| {
+            let other = v.apf_state_racy().irq;
+            v.idx() != me && other != 0 && other != irq
+        }) {
+            return Err(EINVAL);
+        }
+        Ok(())
+    }
+
     fn set_attr(&mut self, attr: u64, user: UserSlice) -> Result {
         let mut reader = user.reader();
         match attr {
             ATTR_IRQ => {
                 let irq: u32 = reader.read()?;
-                if !(16..=31).contains(&irq) {
-                    return Err(EINVAL);
-                }
-                let kvm = self.vcpu.kvm();
+                let kvm = self.vcpu.shared().kvm();
                 kvm.with_config_lock(|| {
                     if kvm.has_ran_once() {
                         return Err(EBUSY);
                     }
-                    // SAFETY: `st` is valid and ours (type invariant).
-                    unsafe { (*self.st).irq = irq };
+                    self.ppi_ok(irq)?;
+                    self.st().irq = irq;
                     Ok(())
                 })
             }
@@ -364,7 +395,7 @@ impl<'a> Apf<'a> {
                 if !self.vcpu.initialized() {
                     return Err(ENOEXEC);
                 }
-                let kvm = self.vcpu.kvm();
+                let kvm = self.vcpu.shared().kvm();
                 kvm.with_config_lock(|| {
                     if kvm.has_ran_once() {
                         return Err(EBUSY);
@@ -385,13 +416,38 @@ impl<'a> Apf<'a> {
         }
     }
 
-    fn get_attr(&self, attr: u64, user: UserSlice) -> Result {
+    fn get_attr(&mut self, attr: u64, user: UserSlice) -> Result {
         let mut writer = user.writer();
         match attr {
-            ATTR_IRQ => writer.write(&self.irq()),
-            ATTR_BLOCK => writer.write(&self.block()),
+            ATTR_IRQ => writer.write(&irq_of(self.st())),
+            ATTR_BLOCK => writer.write(&self.st().block),
             _ => Err(ENXIO),
         }
+    }
+
+    /// First `KVM_RUN` of the vCPU, after the timer and the PMU claimed
+    /// their PPIs: claim ours, if the guest may see the service. Every vCPU
+    /// must use the same one.
+    fn first_run(&mut self) -> Result {
+        let kvm = self.vcpu.shared().kvm();
+        if !kvm.has_irqchip() || !kvm.vendor_hyp_func_visible(APF_FUNC) || !self.available() {
+            return Ok(());
+        }
+        let irq = irq_of(self.st());
+        if kvm.any_vcpu(|v| irq_of(&v.apf_state_racy()) != irq) {
+            return Err(EINVAL);
+        }
+        let owner = self.vcpu.shared();
+        self.vcpu.claim_ppi(irq, owner)
+    }
+}
+
+/// The PPI that signals PAGE_READY: the VMM's choice, or the default until
+/// it makes one.
+fn irq_of(st: &bindings::kvm_apf_state) -> u32 {
+    match st.irq {
+        0 => bindings::KVM_ASYNC_PF_DEFAULT_IRQ,
+        irq => irq,
     }
 }
 
@@ -401,6 +457,11 @@ fn errno(res: Result) -> c_int {
         Err(e) => e.to_errno(),
     }
 }
+
+// The entry points below are what C calls: the hooks of
+// `asm/kvm_async_pf.h` and the `kvm_arch_async_page_*()` hooks of
+// `virt/kvm/async_pf.c`. `#[export]` checks each prototype against C's at
+// build time.
 
 /// Faults in `gfn` for `user_mem_abort()`, or turns the fault into
 /// PAGE_NOT_PRESENT. Returns `true` in the latter case: the guest is to be
@@ -412,30 +473,30 @@ fn errno(res: Result) -> c_int {
 /// Called from `user_mem_abort()` on the vCPU's thread with `kvm->srcu`
 /// held: `vcpu` and `slot` are valid, and `writable` and `pfn` are valid for
 /// writes.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_faultin(
     vcpu: *mut bindings::kvm_vcpu,
     slot: *mut bindings::kvm_memory_slot,
-    gfn: u64,
-    ipa: u64,
-    hva: u64,
+    gfn: bindings::gfn_t,
+    ipa: bindings::phys_addr_t,
+    hva: usize,
     nested: bool,
     write_fault: bool,
     writable: *mut bool,
-    pfn: *mut u64,
+    pfn: *mut bindings::kvm_pfn_t,
 ) -> bool {
     // SAFETY: The caller owns the vCPU and holds `kvm->srcu` (see above).
-    let (vcpu, slot) = unsafe { (Vcpu::from_raw(vcpu), Memslot::from_raw(slot)) };
+    let (vcpu, slot) = unsafe { (OwnedVcpu::from_raw(vcpu), Memslot::from_raw(slot)) };
     let gfn = Gfn::new(gfn);
+    let mut apf = Apf::of(vcpu);
     let (p, w) = match slot.faultin_nowait(gfn, write_fault) {
         Some(done) => {
             // The retry after PAGE_READY found the page: nothing to remember.
-            Apf::of(vcpu).take_refault(gfn);
+            apf.take_refault(gfn);
             done
         }
         None => {
-            let mut apf = Apf::of(vcpu);
-            match apf.try_async(gfn, Gpa::new(ipa), hva, nested) {
+            match apf.try_async(gfn, Gpa::new(ipa), hva as u64, nested) {
                 Ok(()) => return true,
                 Err(why) => apf.count(why),
             }
@@ -456,12 +517,12 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
 /// # Safety
 ///
 /// Called by the SMCCC dispatcher on the vCPU's thread; `vcpu` is valid.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_hypercall(vcpu: *mut bindings::kvm_vcpu) -> c_int {
     // SAFETY: The caller owns the vCPU.
-    let vcpu = unsafe { Vcpu::from_raw(vcpu) };
-    let res = Apf::of(vcpu).hypercall();
-    vcpu.set_smccc_ret(smccc::to_regs(res));
+    let mut apf = Apf::of(unsafe { OwnedVcpu::from_raw(vcpu) });
+    let res = apf.hypercall();
+    apf.vcpu.set_smccc_ret(smccc::to_regs(res));
     1
 }
 
@@ -471,13 +532,13 @@ pub unsafe extern "C" fn kvm_arm_apf_hypercall(vcpu: *mut bindings::kvm_vcpu) ->
 ///
 /// Called from the vCPU ioctl with `vcpu->mutex` held; `vcpu` and `attr`
 /// are valid.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_set_attr(
     vcpu: *mut bindings::kvm_vcpu,
-    attr: *const bindings::kvm_device_attr,
+    attr: *mut bindings::kvm_device_attr,
 ) -> c_int {
     // SAFETY: The caller owns the vCPU and passes a valid `attr`.
-    let (vcpu, attr) = unsafe { (Vcpu::from_raw(vcpu), &*attr) };
+    let (vcpu, attr) = unsafe { (OwnedVcpu::from_raw(vcpu), &*attr) };
     let user = UserSlice::new(attr.addr as usize, core::mem::size_of::<u64>());
     errno(Apf::of(vcpu).set_attr(attr.attr, user))
 }
@@ -487,13 +548,13 @@ pub unsafe extern "C" fn kvm_arm_apf_set_attr(
 /// # Safety
 ///
 /// As for [`kvm_arm_apf_set_attr`].
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_get_attr(
     vcpu: *mut bindings::kvm_vcpu,
-    attr: *const bindings::kvm_device_attr,
+    attr: *mut bindings::kvm_device_attr,
 ) -> c_int {
     // SAFETY: The caller owns the vCPU and passes a valid `attr`.
-    let (vcpu, attr) = unsafe { (Vcpu::from_raw(vcpu), &*attr) };
+    let (vcpu, attr) = unsafe { (OwnedVcpu::from_raw(vcpu), &*attr) };
     let len = match attr.attr {
         ATTR_IRQ => core::mem::size_of::<u32>(),
         _ => core::mem::size_of::<u64>(),
@@ -506,10 +567,10 @@ pub unsafe extern "C" fn kvm_arm_apf_get_attr(
 /// # Safety
 ///
 /// `attr` is valid.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_has_attr(
     _vcpu: *mut bindings::kvm_vcpu,
-    attr: *const bindings::kvm_device_attr,
+    attr: *mut bindings::kvm_device_attr,
 ) -> c_int {
     // SAFETY: The caller passes a valid `attr`.
     match unsafe { (*attr).attr } {
@@ -518,17 +579,65 @@ pub unsafe extern "C" fn kvm_arm_apf_has_attr(
     }
 }
 
+/// First `KVM_RUN` of a vCPU: claim the PPI in the vGIC. Returns 0,
+/// `-EBUSY` if the timer or the PMU has it, or `-EINVAL` if the vCPUs of
+/// the VM were given different ones.
+///
+/// # Safety
+///
+/// Called from `kvm_arch_vcpu_run_pid_change()` by the vCPU's thread.
+#[export]
+pub unsafe extern "C" fn kvm_arm_apf_first_run(vcpu: *mut bindings::kvm_vcpu) -> c_int {
+    // SAFETY: The caller owns the vCPU.
+    errno(Apf::of(unsafe { OwnedVcpu::from_raw(vcpu) }).first_run())
+}
+
+/// Before each guest entry: write a PAGE_READY that is owed, then hand the
+/// fetches that completed to the hooks below.
+///
+/// # Safety
+///
+/// Called from `check_vcpu_requests()` on the vCPU's thread.
+#[export]
+pub unsafe extern "C" fn kvm_arm_apf_check_completion(vcpu: *mut bindings::kvm_vcpu) {
+    // SAFETY: The caller owns the vCPU.
+    let mut apf = Apf::of(unsafe { OwnedVcpu::from_raw(vcpu) });
+    if apf.enabled() {
+        apf.deliver_owed();
+    }
+    apf.vcpu.async_pf_check_completion();
+}
+
+/// Part of `kvm_arch_vcpu_runnable()`: can a PAGE_READY be delivered now?
+/// Not while the last one waits for its ACK, nor while the block cannot be
+/// accessed: the guest may idle in WFI meanwhile, and waking the vCPU for
+/// nothing would burn a host CPU. Delivery is retried at each entry.
+///
+/// # Safety
+///
+/// `vcpu` is valid. Other vCPUs' threads may call this too
+/// (`kvm_vcpu_on_spin()`), so it only reads.
+#[export]
+pub unsafe extern "C" fn kvm_arm_apf_pending(vcpu: *mut bindings::kvm_vcpu) -> bool {
+    // SAFETY: The caller passes a valid vCPU; the view is shared.
+    let vcpu = unsafe { Vcpu::from_raw(vcpu) };
+    let st = vcpu.apf_state_racy();
+    st.block & ENABLED != 0
+        && !st.ready_pending
+        && !st.stalled
+        && (st.owed_token != 0 || vcpu.async_pf_done())
+}
+
 /// vCPU reset (first `KVM_ARM_VCPU_INIT`, PSCI CPU_ON, system reset): the
 /// guest's registration and faults are gone; the VMM's PPI choice stays.
 ///
 /// # Safety
 ///
 /// Called from `kvm_reset_vcpu()` by the vCPU's owner, preemptible.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_reset(vcpu: *mut bindings::kvm_vcpu) {
     // SAFETY: The caller owns the vCPU.
-    let vcpu = unsafe { Vcpu::from_raw(vcpu) };
-    Apf::of(vcpu).disable();
+    Apf::of(unsafe { OwnedVcpu::from_raw(vcpu) }).disable();
 }
 
 /// Hook of `KVM_SET_ONE_REG` of `KVM_REG_ARM_VENDOR_HYP_BMAP_2`, with
@@ -539,19 +648,16 @@ pub unsafe extern "C" fn kvm_arm_apf_reset(vcpu: *mut bindings::kvm_vcpu) {
 /// # Safety
 ///
 /// `kvm` is valid and the caller holds its `config_lock`.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_check_bmap(kvm: *mut bindings::kvm, bmap: u64) -> c_int {
     if bmap & (1u64 << (APF_FUNC - 64)) != 0 {
         return 0;
     }
     // SAFETY: The caller passes a valid VM and holds it for the call.
     let kvm = unsafe { Kvm::from_raw(kvm) };
-    let enabled = kvm.any_vcpu(|vcpu| {
-        // SAFETY: `vcpu` is valid (see `any_vcpu`); `block` is only changed
-        // under `config_lock` before the first run, which the caller holds.
-        unsafe { (*vcpu).arch.apf.block & ENABLED != 0 }
-    });
-    if enabled {
+    // Blocks are only enabled under `config_lock` before the first run,
+    // which the caller holds, so the racy read is exact here.
+    if kvm.any_vcpu(|v| v.apf_state_racy().block & ENABLED != 0) {
         EBUSY.to_errno()
     } else {
         0
@@ -564,27 +670,29 @@ pub unsafe extern "C" fn kvm_arm_apf_check_bmap(kvm: *mut bindings::kvm, bmap: u
 /// # Safety
 ///
 /// Called from `kvm_arch_vcpu_destroy()`; nothing else uses the vCPU.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arm_apf_destroy(vcpu: *mut bindings::kvm_vcpu) {
     // SAFETY: The caller owns the vCPU.
-    unsafe { Vcpu::from_raw(vcpu) }.async_pf_clear();
+    unsafe { OwnedVcpu::from_raw(vcpu) }.async_pf_clear();
 }
 
 /// Hook of `kvm_setup_async_pf()`: tell the guest the page is not present.
 ///
 /// # Safety
 ///
-/// Called on the vCPU's thread from [`kvm_arm_apf_faultin`]; `vcpu` and
-/// `work` are valid.
-#[no_mangle]
+/// Called on the vCPU's thread from [`kvm_arm_apf_faultin`], through
+/// `kvm_setup_async_pf()`; `vcpu` and `work` are valid.
+#[export]
 pub unsafe extern "C" fn kvm_arch_async_page_not_present(
     vcpu: *mut bindings::kvm_vcpu,
     work: *mut bindings::kvm_async_pf,
 ) -> bool {
-    // SAFETY: The caller owns the vCPU and passes a valid work item.
-    let (vcpu, work) = unsafe { (Vcpu::from_raw(vcpu), AsyncPf::from_raw(work)) };
+    // SAFETY: The caller owns the vCPU (its outer view is lent to this
+    // call) and passes a valid work item.
+    let (vcpu, work) = unsafe { (OwnedVcpu::from_raw(vcpu), AsyncPf::from_raw(work)) };
     let token = work.arch().token;
-    if Apf::of(vcpu)
+    let mut apf = Apf::of(vcpu);
+    if apf
         .post(bindings::KVM_PV_REASON_PAGE_NOT_PRESENT, token)
         .is_err()
     {
@@ -592,80 +700,75 @@ pub unsafe extern "C" fn kvm_arch_async_page_not_present(
     }
     // An architectural synchronous external abort at the faulting
     // instruction; the block's reason tells the guest what it means.
-    vcpu.inject_external_abort(vcpu.abort().is_iabt(), vcpu.fault_va());
-    // SAFETY: The stats are valid and only the vCPU's thread writes them.
-    unsafe { (*vcpu.stat()).apf_not_present += 1 };
+    let (fetch, va) = (apf.vcpu.abort().is_iabt(), apf.vcpu.fault_va());
+    apf.vcpu.inject_external_abort(fetch, va);
+    apf.vcpu.count(|s| &s.apf_not_present);
     async_pf::trace_not_present(token, work.gpa());
     true
 }
 
 /// Hook of `kvm_check_async_pf_completion()`: may the next completed item
-/// be delivered? Once APF is off, items are dropped without delivery.
+/// be taken off the done list? Once APF is off, items are dropped without
+/// delivery. Otherwise only when the PAGE_READY can be written now.
 ///
 /// # Safety
 ///
 /// Called on the vCPU's thread; `vcpu` is valid.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arch_can_dequeue_async_page_present(
     vcpu: *mut bindings::kvm_vcpu,
 ) -> bool {
     // SAFETY: The caller owns the vCPU.
-    let mut apf = Apf::of(unsafe { Vcpu::from_raw(vcpu) });
-    !apf.enabled() || apf.block_free()
+    let mut apf = Apf::of(unsafe { OwnedVcpu::from_raw(vcpu) });
+    !apf.enabled() || (apf.st().owed_token == 0 && apf.block_free())
 }
 
 /// Hook of `kvm_check_async_pf_completion()`: nothing to do before the
 /// delivery; the guest's retry faults the now-resident page in.
-#[no_mangle]
-pub extern "C" fn kvm_arch_async_page_ready(
+///
+/// # Safety
+///
+/// Called on the vCPU's thread; nothing is dereferenced.
+#[export]
+pub unsafe extern "C" fn kvm_arch_async_page_ready(
     _vcpu: *mut bindings::kvm_vcpu,
     _work: *mut bindings::kvm_async_pf,
 ) {
 }
 
-/// Hook of `kvm_check_async_pf_completion()`: deliver PAGE_READY.
+/// Hook of `kvm_check_async_pf_completion()`: deliver PAGE_READY. The item
+/// is freed on return, so its token is owed until it is written.
 ///
 /// # Safety
 ///
 /// Called on the vCPU's thread; `vcpu` and `work` are valid.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arch_async_page_present(
     vcpu: *mut bindings::kvm_vcpu,
     work: *mut bindings::kvm_async_pf,
 ) {
     // SAFETY: The caller owns the vCPU and passes a valid work item.
-    let (vcpu, work) = unsafe { (Vcpu::from_raw(vcpu), AsyncPf::from_raw(work)) };
+    let (vcpu, work) = unsafe { (OwnedVcpu::from_raw(vcpu), AsyncPf::from_raw(work)) };
     let mut apf = Apf::of(vcpu);
-    if !apf.enabled() || !(work.is_wakeup_all() || work.notpresent_injected()) {
+    if !apf.enabled() || !work.notpresent_injected() || work.is_wakeup_all() {
         return;
     }
-    let token = if work.is_wakeup_all() {
-        bindings::KVM_ASYNC_PF_WAKE_ALL_TOKEN
-    } else {
-        work.arch().token
-    };
-    if apf.post(bindings::KVM_PV_REASON_PAGE_READY, token).is_err() {
-        return;
-    }
-    if !work.is_wakeup_all() {
-        apf.note_refault(Gfn::new(work.arch().gfn));
-    }
-    apf.set_ready_pending(true);
-    // SAFETY: The stats are valid and only the vCPU's thread writes them.
-    unsafe { (*vcpu.stat()).apf_ready += 1 };
-    async_pf::trace_ready(token, work.gpa());
+    let st = apf.st();
+    st.owed_token = work.arch().token;
+    st.owed_gfn = work.arch().gfn;
+    apf.deliver_owed();
 }
 
 /// Hook of the work item that fetched a page: kick the vCPU so that it
 /// looks at its completion queue, which it does before every guest entry.
-/// A vCPU blocked in WFI wakes up, as a non-empty queue makes
+/// A vCPU blocked in WFI wakes up, as [`kvm_arm_apf_pending`] makes
 /// `kvm_arch_vcpu_runnable()` true.
 ///
 /// # Safety
 ///
 /// `vcpu` is valid; called from a work item, so the vCPU is not ours.
-#[no_mangle]
+#[export]
 pub unsafe extern "C" fn kvm_arch_async_page_present_queued(vcpu: *mut bindings::kvm_vcpu) {
-    // SAFETY: `vcpu` is valid; requests may be made from any context.
-    unsafe { Vcpu::request_raw(vcpu, REQ_ASYNC_PF) };
+    // SAFETY: `vcpu` is valid; the view is shared.
+    unsafe { Vcpu::from_raw(vcpu) }.request_async_pf();
 }

@@ -17,7 +17,6 @@ const EC_IABT_LOW: u64 = 0x20;
 const EC_DABT_LOW: u64 = 0x24;
 const ISS_WNR: u64 = 1 << 6;
 const ISS_S1PTW: u64 = 1 << 7;
-const ISS_CM: u64 = 1 << 8;
 const FSC_MASK: u64 = 0x3f;
 const FSC_TYPE_MASK: u64 = 0x3c;
 const FSC_TRANS: u64 = 0x04;
@@ -50,8 +49,12 @@ const PSR_MODE32_BIT: u64 = 0x10;
 /// assert!(!Stage2Abort::new(esr, 0x10).is_from_el0());
 /// ```
 ///
-/// An instruction fetch is an exec fault, and a stage-1 page table walk
-/// counts as a write, because the walker may update the descriptors:
+/// An instruction fetch is an exec fault. A fault on the guest's stage-1
+/// page table walk is a write only if it is a permission fault (the walker
+/// wants to update a descriptor in a page mapped read-only); otherwise it is
+/// a read, so that page tables in a read-only memslot still work. Cache
+/// maintenance reports WnR set, and counts as a write, as in
+/// `kvm_is_write_fault()`:
 ///
 /// ```
 /// use kernel::kvm::abort::Stage2Abort;
@@ -59,8 +62,20 @@ const PSR_MODE32_BIT: u64 = 0x10;
 /// let fetch = Stage2Abort::new((0x20 << 26) | 0x0f, 0x0);
 /// assert!(fetch.is_iabt() && fetch.is_exec() && !fetch.is_write() && fetch.is_perm());
 ///
+/// // S1PTW, translation fault at level 2: a read.
 /// let walk = Stage2Abort::new((0x24 << 26) | (1 << 7) | 0x06, 0x0);
-/// assert!(walk.is_s1ptw() && walk.is_write() && !walk.is_exec());
+/// assert!(walk.is_s1ptw() && !walk.is_write() && !walk.is_exec());
+/// // S1PTW, permission fault at level 3: a write.
+/// let walk = Stage2Abort::new((0x24 << 26) | (1 << 7) | 0x0f, 0x0);
+/// assert!(walk.is_s1ptw() && walk.is_write());
+/// // An S1PTW during an instruction fetch is neither exec nor, unless a
+/// // permission fault, a write.
+/// let walk = Stage2Abort::new((0x20 << 26) | (1 << 7) | 0x07, 0x0);
+/// assert!(!walk.is_exec() && !walk.is_write());
+///
+/// // DC CIVAC: CM and WnR set.
+/// let cm = Stage2Abort::new((0x24 << 26) | (1 << 8) | (1 << 6) | 0x07, 0x0);
+/// assert!(cm.is_write());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Stage2Abort {
@@ -118,14 +133,13 @@ impl Stage2Abort {
         self.esr & ISS_S1PTW != 0
     }
 
-    /// Returns whether the access needs write permission at stage 2.
-    ///
-    /// Cache maintenance reports WnR set but only needs read access.
+    /// Returns whether the access needs write permission at stage 2, as
+    /// `kvm_is_write_fault()` decides it.
     pub fn is_write(&self) -> bool {
         if self.is_s1ptw() {
-            return true;
+            return self.is_perm();
         }
-        self.is_dabt() && self.esr & ISS_WNR != 0 && self.esr & ISS_CM == 0
+        self.is_dabt() && self.esr & ISS_WNR != 0
     }
 
     /// Returns whether the fault was an instruction fetch.

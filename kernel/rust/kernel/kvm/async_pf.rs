@@ -5,13 +5,14 @@
 //! `virt/kvm/async_pf.c` queues a work item per fault that fetches the page
 //! in the background, and hands completed items back to the vCPU thread,
 //! which calls the arch's `kvm_arch_async_page_*()` hooks. This module lets
-//! arch code written in Rust drive it and look at the items.
+//! arch code written in Rust drive it, look at the items, and keep its
+//! per-vCPU state (`vcpu->arch.apf`).
 //!
 //! C header: [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h),
 //! implementation: [`virt/kvm/async_pf.c`](srctree/virt/kvm/async_pf.c).
 
-use super::{Gfn, Gpa, Vcpu};
-use crate::{bindings, container_of, error::to_result, prelude::*, types::Opaque};
+use super::{guest_cache::GuestCache, Gpa, OwnedVcpu, Vcpu};
+use crate::{bindings, container_of, types::Opaque};
 
 /// Most faults a vCPU may have outstanding (`ASYNC_PF_PER_VCPU`).
 pub const SLOTS: u32 = bindings::ASYNC_PF_PER_VCPU;
@@ -20,8 +21,7 @@ pub const SLOTS: u32 = bindings::ASYNC_PF_PER_VCPU;
 ///
 /// # Invariants
 ///
-/// The wrapped item is valid and queued on the vCPU that the reference was
-/// obtained from, which only that vCPU's thread removes it from.
+/// The wrapped item is valid for as long as the reference exists.
 #[repr(transparent)]
 pub struct AsyncPf(Opaque<bindings::kvm_async_pf>);
 
@@ -68,9 +68,62 @@ impl AsyncPf {
 }
 
 impl Vcpu {
+    /// Returns whether fetches have completed that the vCPU has not looked
+    /// at yet. Any thread may ask.
+    pub fn async_pf_done(&self) -> bool {
+        // SAFETY: The vCPU is valid by the type invariant; the done list is
+        // only changed under its lock, and this reads its head once.
+        !unsafe { bindings::kvm_async_pf_done_empty(self.as_raw()) }
+    }
+
+    /// Raises `KVM_REQ_ASYNC_PF` and kicks the vCPU, so that it looks at its
+    /// completed fetches before it next enters the guest, and leaves WFI if
+    /// one can be delivered. Any context may do this, e.g. a work item.
+    pub fn request_async_pf(&self) {
+        // SAFETY: The vCPU is valid by the type invariant; requests and
+        // kicks may be issued from any context.
+        unsafe { bindings::kvm_request_async_pf(self.as_raw()) }
+    }
+
+    /// Returns a copy of the vCPU's APF state, read without the owner's
+    /// exclusion: each field is as the owner last wrote it, or older.
+    pub fn apf_state_racy(&self) -> bindings::kvm_apf_state {
+        // SAFETY: The vCPU is valid by the type invariant, and the state is
+        // plain data; the volatile read never tears a naturally aligned
+        // field, and any stale value is a valid one.
+        unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*self.arch_ptr()).apf.st)) }
+    }
+}
+
+impl OwnedVcpu<'_> {
     fn apf_queue(&self) -> *mut bindings::list_head {
         // SAFETY: The vCPU is valid by the type invariant.
         unsafe { core::ptr::addr_of_mut!((*self.as_raw()).async_pf.queue) }
+    }
+
+    /// Returns the vCPU's APF state.
+    pub fn apf_state(&mut self) -> &mut bindings::kvm_apf_state {
+        // SAFETY: The vCPU is valid and ours (type invariant): no other
+        // thread writes the state, and `&mut self` makes this the only
+        // reference to it. Racy readers copy it with volatile reads.
+        unsafe { &mut (*self.arch_ptr()).apf.st }
+    }
+
+    /// Returns the pages reported ready whose retry has not come yet.
+    pub fn apf_refault(&mut self) -> &mut bindings::kvm_apf_refault {
+        // SAFETY: As for `apf_state`; nobody else reads these.
+        unsafe { &mut (*self.arch_ptr()).apf.refault }
+    }
+
+    /// Returns the cache of the guest's control block, bound to this vCPU's
+    /// VM.
+    pub fn apf_cache(&mut self) -> GuestCache<'_> {
+        let kvm = self.shared().kvm();
+        // SAFETY: The cache is embedded in the vCPU, which we own (type
+        // invariant), and `&mut self` keeps it ours for the borrow. It is
+        // zeroed when the vCPU is allocated and only ever set through this
+        // accessor, so with this vCPU's VM.
+        unsafe { GuestCache::from_raw(core::ptr::addr_of_mut!((*self.arch_ptr()).apf.cache), kvm) }
     }
 
     /// Returns how many faults the vCPU has outstanding.
@@ -81,12 +134,14 @@ impl Vcpu {
     }
 
     /// Calls `f` on each outstanding fault until it returns `true`; returns
-    /// whether it did.
+    /// whether it did. The queue cannot change meanwhile: changing it takes
+    /// `&mut self`.
     pub fn async_pf_any(&self, mut f: impl FnMut(&AsyncPf) -> bool) -> bool {
         let head = self.apf_queue();
-        // SAFETY: Only the vCPU's own thread, the caller, adds items to or
-        // removes them from `queue`, so the list is stable while we walk it,
-        // and every entry is embedded in a valid `struct kvm_async_pf`.
+        // SAFETY: Only the vCPU's owner adds items to or removes them from
+        // `queue`, through `&mut self` methods, which cannot run while this
+        // borrow lasts; so the list is stable while we walk it, and every
+        // entry is embedded in a valid `struct kvm_async_pf`.
         unsafe {
             let mut pos = (*head).next;
             while pos != head {
@@ -102,55 +157,48 @@ impl Vcpu {
 
     /// Queues a background fetch of the page at `hva` for the fault at
     /// `gpa`. KVM calls `kvm_arch_async_page_not_present()` before this
-    /// returns. Returns the queued item, or `None` when the queue is full or
-    /// no memory is available, in which case nothing was queued.
+    /// returns. Returns `None` when nothing was queued (the queue is full or
+    /// no memory is available), or whether the guest was told.
     pub fn async_pf_setup(
-        &self,
+        &mut self,
         gpa: Gpa,
         hva: u64,
         arch: bindings::kvm_arch_async_pf,
-    ) -> Option<&AsyncPf> {
+    ) -> Option<bool> {
         let mut arch = arch;
-        // SAFETY: The vCPU is valid and owned by the caller; KVM copies
-        // `arch` before returning.
+        // SAFETY: The vCPU is valid and ours; KVM copies `arch` before
+        // returning.
         if !unsafe {
             bindings::kvm_setup_async_pf(self.as_raw(), gpa.as_u64(), hva as _, &mut arch)
         } {
             return None;
         }
         // SAFETY: The item was just added at the tail of `queue`, which only
-        // this thread changes, and it stays there until this thread removes it.
-        unsafe {
+        // this thread changes.
+        let injected = unsafe {
             let tail = (*self.apf_queue()).prev;
             let item = container_of!(tail, bindings::kvm_async_pf, queue);
-            Some(AsyncPf::from_raw(item.cast_mut()))
-        }
+            (*item).notpresent_injected
+        };
+        Some(injected)
     }
 
-    /// Queues a "wake all" item for delivery to the guest.
-    pub fn async_pf_wakeup_all(&self) -> Result {
-        // SAFETY: The vCPU is valid and owned by the caller.
-        to_result(unsafe { bindings::kvm_async_pf_wakeup_all(self.as_raw()) })
+    /// Hands completed fetches to the arch hooks
+    /// (`kvm_check_async_pf_completion()`), which run on this thread.
+    pub fn async_pf_check_completion(&mut self) {
+        // SAFETY: The vCPU is valid and ours; `&mut self` keeps any borrow
+        // of its state from living across the hooks KVM calls back.
+        unsafe { bindings::kvm_check_async_pf_completion(self.as_raw()) }
     }
 
     /// Drops every outstanding and completed item. Nothing is delivered to
     /// the guest. Does not wait for a fetch that is running, which may be
     /// blocked in userfaultfd for good: it is detached, holds a reference to
     /// the VM and frees itself when done.
-    pub fn async_pf_clear(&self) {
-        // SAFETY: The vCPU is valid and owned by the caller.
+    pub fn async_pf_clear(&mut self) {
+        // SAFETY: The vCPU is valid and ours.
         unsafe { bindings::kvm_clear_async_pf_completion_queue(self.as_raw()) }
     }
-}
-
-/// Returns whether `token` is free for a new fault of `vcpu`.
-pub fn token_is_free(vcpu: &Vcpu, token: u32) -> bool {
-    !vcpu.async_pf_any(|pf| pf.arch().token == token)
-}
-
-/// Returns whether a fault on `gfn` is already outstanding on `vcpu`.
-pub fn gfn_is_pending(vcpu: &Vcpu, gfn: Gfn) -> bool {
-    vcpu.async_pf_any(|pf| !pf.is_wakeup_all() && pf.arch().gfn == gfn.as_u64())
 }
 
 /// Emits the `kvm_async_pf_not_present` trace event.

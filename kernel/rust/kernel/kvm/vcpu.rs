@@ -2,10 +2,17 @@
 
 //! Handles to KVM virtual machines, vCPUs and memslots.
 //!
+//! A vCPU is seen two ways. [`Vcpu`] is a shared view that any thread holding
+//! a valid pointer may use: it only reads what never changes and makes
+//! requests. [`OwnedVcpu`] is the view of the one thread that owns the vCPU
+//! for the length of a call (the thread running it, or the holder of
+//! `vcpu->mutex`): it reads and changes the vCPU's registers and arch state.
+//!
 //! C header: [`include/linux/kvm_host.h`](srctree/include/linux/kvm_host.h).
 
 use super::{abort::Stage2Abort, Gfn};
 use crate::{bindings, error::to_result, prelude::*, types::Opaque};
+use core::{ffi::c_void, marker::PhantomData, ops::Deref};
 
 /// A KVM virtual machine.
 ///
@@ -67,6 +74,18 @@ impl Kvm {
         (bmap as u64) & (1 << (func - 64)) != 0
     }
 
+    /// Returns whether one of the VM's architected timers (virtual,
+    /// physical, and the EL2 pair) uses PPI `intid`, as the VMM configured
+    /// them so far.
+    pub fn timer_uses_ppi(&self, intid: u32) -> bool {
+        // SAFETY: By the type invariant the `struct kvm` is valid. The VMM
+        // changes the PPIs under `config_lock`; read them once.
+        let ppi = unsafe {
+            core::ptr::read_volatile(core::ptr::addr_of!((*self.as_raw()).arch.timer_data.ppi))
+        };
+        ppi.iter().any(|&p| u32::from(p) == intid)
+    }
+
     /// Runs `f` with `kvm->arch.config_lock` held, which serialises changes
     /// to VM-wide configuration against the first `KVM_RUN` and against each
     /// other. Sleeps.
@@ -79,17 +98,18 @@ impl Kvm {
         ret
     }
 
-    /// Calls `f` with the raw pointer of each vCPU created so far, until it
-    /// returns `true`; returns whether it did. The vCPUs are not owned by
-    /// the caller: `f` may only read state that the caller's locks protect.
-    pub fn any_vcpu(&self, mut f: impl FnMut(*mut bindings::kvm_vcpu) -> bool) -> bool {
+    /// Calls `f` on each vCPU created so far, until it returns `true`;
+    /// returns whether it did.
+    pub fn any_vcpu(&self, mut f: impl FnMut(&Vcpu) -> bool) -> bool {
         // SAFETY: By the type invariant the `struct kvm` is valid.
         let n = unsafe { bindings::kvm_online_vcpus(self.as_raw()) };
         (0..n).any(|i| {
             // SAFETY: `i` is below `online_vcpus`, and vCPUs are only freed
             // with the VM.
             let vcpu = unsafe { bindings::kvm_get_vcpu(self.as_raw(), i) };
-            !vcpu.is_null() && f(vcpu)
+            // SAFETY: A vCPU of a VM we hold stays valid as long as the VM;
+            // `Vcpu` only gives shared access.
+            !vcpu.is_null() && f(unsafe { Vcpu::from_raw(vcpu) })
         })
     }
 
@@ -100,29 +120,25 @@ impl Kvm {
     }
 }
 
-/// A KVM virtual CPU, borrowed by the thread that currently owns it.
-///
-/// KVM calls into arch code for a vCPU either from the thread running it or
-/// with `vcpu->mutex` held, so that caller has exclusive use of the vCPU's
-/// arch state for the length of the call.
+/// A KVM virtual CPU, shared: what any thread may do with a vCPU it does not
+/// own.
 ///
 /// # Invariants
 ///
-/// The wrapped `struct kvm_vcpu` is valid, and owned by the current thread as
-/// described above, for as long as the reference exists.
+/// The wrapped `struct kvm_vcpu` is valid for as long as the reference exists.
 #[repr(transparent)]
 pub struct Vcpu(Opaque<bindings::kvm_vcpu>);
 
 impl Vcpu {
-    /// Creates a reference to a vCPU from a pointer KVM passed in.
+    /// Creates a shared reference to a vCPU.
     ///
     /// # Safety
     ///
-    /// `ptr` must point to a valid `struct kvm_vcpu` that the current thread
-    /// owns (runs it, or holds `vcpu->mutex`) for the lifetime `'a`.
+    /// `ptr` must point to a valid `struct kvm_vcpu` that stays valid for
+    /// `'a`.
     pub unsafe fn from_raw<'a>(ptr: *mut bindings::kvm_vcpu) -> &'a Self {
         // SAFETY: `Vcpu` is a transparent wrapper, and the caller guarantees
-        // the pointer is valid and owned for `'a`.
+        // the pointer is valid for `'a`.
         unsafe { &*ptr.cast() }
     }
 
@@ -135,7 +151,7 @@ impl Vcpu {
     pub fn kvm(&self) -> &Kvm {
         // SAFETY: The vCPU is valid by the type invariant, and a vCPU never
         // outlives its VM, whose pointer it holds for its whole life.
-        unsafe { &*(*self.as_raw()).kvm.cast() }
+        unsafe { Kvm::from_raw((*self.as_raw()).kvm) }
     }
 
     /// Returns the vCPU's index in the VM, which is below `KVM_MAX_VCPUS`.
@@ -145,28 +161,84 @@ impl Vcpu {
         unsafe { (*self.as_raw()).vcpu_idx as u32 }
     }
 
-    /// Returns whether `KVM_ARM_VCPU_INIT` has been done on the vCPU.
-    pub fn initialized(&self) -> bool {
-        // SAFETY: The vCPU is valid by the type invariant.
-        unsafe { bindings::kvm_vcpu_initialized(self.as_raw()) }
-    }
-
     /// Returns whether the vCPU has nested virtualization (a virtual EL2):
-    /// its guest may run guests of its own.
+    /// its guest may run guests of its own. Fixed by the first
+    /// `KVM_ARM_VCPU_INIT`.
     pub fn has_nv(&self) -> bool {
         // SAFETY: The vCPU is valid by the type invariant.
         unsafe { bindings::vcpu_has_nv(self.as_raw()) }
     }
 
+    /// Returns the PPI of the vCPU's PMU overflow interrupt, if the VMM
+    /// chose one.
+    pub fn pmu_ppi(&self) -> Option<u32> {
+        // SAFETY: The vCPU is valid by the type invariant.
+        let irq = unsafe { bindings::kvm_vcpu_pmu_irq(self.as_raw()) };
+        (16..32).contains(&irq).then_some(irq as u32)
+    }
+
+    /// Returns a pointer to the vCPU's arch state, for a shared reader that
+    /// knows which fields may be read racily.
+    pub(crate) fn arch_ptr(&self) -> *mut bindings::kvm_vcpu_arch {
+        // SAFETY: The vCPU is valid by the type invariant.
+        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).arch) }
+    }
+}
+
+/// A KVM virtual CPU in the hands of the thread that owns it.
+///
+/// KVM calls into arch code for a vCPU either from the thread running it or
+/// with `vcpu->mutex` held, so that caller has exclusive use of the vCPU's
+/// registers and arch state for the length of the call. Methods that change
+/// them take `&mut self`.
+///
+/// # Invariants
+///
+/// `vcpu` is owned by the current thread, as described above, for `'a`, and
+/// no other `OwnedVcpu` of it exists meanwhile.
+pub struct OwnedVcpu<'a> {
+    vcpu: &'a Vcpu,
+    // The owner is a thread: not `Send` or `Sync`.
+    _not_send: PhantomData<*mut ()>,
+}
+
+impl<'a> OwnedVcpu<'a> {
+    /// Takes the owner's view of a vCPU KVM passed in.
+    ///
+    /// # Safety
+    ///
+    /// `ptr` must point to a valid `struct kvm_vcpu` that the current thread
+    /// owns (runs it, or holds `vcpu->mutex`) for `'a`, and the caller must
+    /// not create another `OwnedVcpu` of it for `'a`.
+    pub unsafe fn from_raw(ptr: *mut bindings::kvm_vcpu) -> Self {
+        // INVARIANT: The caller guarantees ownership and uniqueness.
+        Self {
+            // SAFETY: The caller guarantees validity for `'a`.
+            vcpu: unsafe { Vcpu::from_raw(ptr) },
+            _not_send: PhantomData,
+        }
+    }
+
+    /// Returns the shared view, which outlives this borrow.
+    pub fn shared(&self) -> &'a Vcpu {
+        self.vcpu
+    }
+
+    /// Returns whether `KVM_ARM_VCPU_INIT` has been done on the vCPU.
+    pub fn initialized(&self) -> bool {
+        // SAFETY: The vCPU is valid and ours by the type invariant.
+        unsafe { bindings::kvm_vcpu_initialized(self.as_raw()) }
+    }
+
     /// Returns whether the vCPU is executing in AArch32 state.
     pub fn is_32bit(&self) -> bool {
-        // SAFETY: The vCPU is valid by the type invariant.
+        // SAFETY: The vCPU is valid and ours by the type invariant.
         unsafe { bindings::vcpu_mode_is_32bit(self.as_raw()) }
     }
 
     /// Returns the stage-2 abort the vCPU is handling.
     pub fn abort(&self) -> Stage2Abort {
-        // SAFETY: The vCPU is valid by the type invariant.
+        // SAFETY: The vCPU is valid and ours by the type invariant.
         let (esr, spsr) = unsafe {
             (
                 bindings::kvm_vcpu_get_esr(self.as_raw()),
@@ -178,7 +250,7 @@ impl Vcpu {
 
     /// Returns the faulting virtual address of the abort being handled.
     pub fn fault_va(&self) -> u64 {
-        // SAFETY: The vCPU is valid by the type invariant.
+        // SAFETY: The vCPU is valid and ours by the type invariant.
         unsafe { bindings::kvm_vcpu_get_far(self.as_raw()) }
     }
 
@@ -188,23 +260,23 @@ impl Vcpu {
         if n >= 31 {
             return 0;
         }
-        // SAFETY: The vCPU is valid by the type invariant, and `n` names a
-        // general purpose register.
+        // SAFETY: The vCPU is valid and ours by the type invariant, and `n`
+        // names a general purpose register.
         unsafe { bindings::vcpu_get_reg(self.as_raw(), n) }
     }
 
     /// Sets the guest's `x0..x3` as the result of the SMCCC call it made.
-    pub fn set_smccc_ret(&self, regs: [u64; 4]) {
-        // SAFETY: The vCPU is valid by the type invariant.
+    pub fn set_smccc_ret(&mut self, regs: [u64; 4]) {
+        // SAFETY: The vCPU is valid and ours by the type invariant.
         unsafe { bindings::smccc_set_retval(self.as_raw(), regs[0], regs[1], regs[2], regs[3]) }
     }
 
     /// Makes a synchronous external abort pending at the instruction that
     /// caused the current stage-2 abort: a data abort, or an instruction
     /// abort if `fetch`, reporting `va` in FAR.
-    pub fn inject_external_abort(&self, fetch: bool, va: u64) {
-        // SAFETY: The vCPU is valid by the type invariant and is handling an
-        // abort, which is what these functions report back to the guest.
+    pub fn inject_external_abort(&mut self, fetch: bool, va: u64) {
+        // SAFETY: The vCPU is valid and ours by the type invariant, and is
+        // handling an abort, which is what these functions report back.
         unsafe {
             if fetch {
                 bindings::kvm_inject_pabt(self.as_raw(), va as _)
@@ -214,52 +286,72 @@ impl Vcpu {
         }
     }
 
-    /// Sets the level of the private peripheral interrupt `intid` (16..=31)
-    /// on this vCPU's vGIC redistributor.
-    pub fn set_ppi_level(&self, intid: u32, level: bool) -> Result {
+    /// Reserves the private peripheral interrupt `intid` (16..=31) of this
+    /// vCPU's vGIC redistributor for `owner`, as the timer and the PMU
+    /// reserve theirs. Fails with `EBUSY` if another owner has it, and with
+    /// `EAGAIN` before the vGIC is initialised.
+    pub fn claim_ppi<T>(&mut self, intid: u32, owner: &T) -> Result {
         if !(16..=31).contains(&intid) {
             return Err(EINVAL);
         }
+        let owner: *const T = owner;
+        // SAFETY: The vCPU is valid and ours by the type invariant; the
+        // owner is only compared as a cookie, never dereferenced.
+        to_result(unsafe {
+            bindings::kvm_vgic_set_owner(self.as_raw(), intid, owner.cast_mut().cast::<c_void>())
+        })
+    }
+
+    /// Sets the level of the PPI `intid` that `owner` claimed with
+    /// [`OwnedVcpu::claim_ppi`]. The vGIC ignores the change if another
+    /// owner has the PPI, which a successful claim rules out.
+    pub fn set_ppi_level<T>(&mut self, intid: u32, level: bool, owner: &T) -> Result {
+        if !(16..=31).contains(&intid) {
+            return Err(EINVAL);
+        }
+        let owner: *const T = owner;
         // SAFETY: The vCPU and its VM are valid by the type invariant, and
         // `intid` is a PPI, which needs the target vCPU.
         to_result(unsafe {
-            bindings::kvm_vgic_inject_irq(
-                self.kvm().as_raw(),
+            bindings::kvm_vgic_inject_owned_ppi(
                 self.as_raw(),
                 intid,
                 level,
-                core::ptr::null_mut(),
+                owner.cast_mut().cast::<c_void>(),
             )
         })
     }
 
-    /// Raises request `req` (a `KVM_REQ_*` value) and kicks the vCPU so that
-    /// it handles it before it next enters the guest. Any context may do
-    /// this, e.g. a work item, for a vCPU it does not own.
-    ///
-    /// # Safety
-    ///
-    /// `vcpu` must point to a valid `struct kvm_vcpu`.
-    pub unsafe fn request_raw(vcpu: *mut bindings::kvm_vcpu, req: u32) {
-        // SAFETY: The caller guarantees `vcpu` is valid; requests and kicks
-        // may be issued from any context.
+    /// Increments the binary stats counter that `counter` picks out of the
+    /// vCPU's `struct kvm_vcpu_stat`.
+    pub fn count(&mut self, counter: impl FnOnce(&bindings::kvm_vcpu_stat) -> &u64) {
+        // SAFETY: The vCPU is valid by the type invariant.
+        let stat = unsafe { core::ptr::addr_of_mut!((*self.as_raw()).stat) };
+        let field: *const u64 = {
+            // SAFETY: Only the owner, this thread, writes the counters, and
+            // readers of the stats file only read them: a shared view holds.
+            counter(unsafe { &*stat })
+        };
+        let off = (field as usize).wrapping_sub(stat as usize);
+        match off.checked_add(core::mem::size_of::<u64>()) {
+            Some(end) if end <= core::mem::size_of::<bindings::kvm_vcpu_stat>() => {}
+            _ => return,
+        }
+        // SAFETY: `off` is inside the stats, as checked, and the field is a
+        // `u64`. Readers of the stats file read it without locking, as they
+        // do in C, so write it in one store.
         unsafe {
-            bindings::kvm_make_request(req as _, vcpu);
-            bindings::kvm_vcpu_kick(vcpu);
+            let p = stat.cast::<u8>().add(off).cast::<u64>();
+            core::ptr::write_volatile(p, core::ptr::read_volatile(p).wrapping_add(1));
         }
     }
+}
 
-    /// Returns a pointer to the vCPU's arch state, for the arch code that
-    /// owns its layout.
-    pub fn arch(&self) -> *mut bindings::kvm_vcpu_arch {
-        // SAFETY: The vCPU is valid by the type invariant.
-        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).arch) }
-    }
+impl Deref for OwnedVcpu<'_> {
+    type Target = Vcpu;
 
-    /// Returns a pointer to the vCPU's binary stats counters.
-    pub fn stat(&self) -> *mut bindings::kvm_vcpu_stat {
-        // SAFETY: The vCPU is valid by the type invariant.
-        unsafe { core::ptr::addr_of_mut!((*self.as_raw()).stat) }
+    fn deref(&self) -> &Vcpu {
+        self.vcpu
     }
 }
 

@@ -22,22 +22,9 @@ int kvm_arm_apf_has_attr(struct kvm_vcpu *vcpu, struct kvm_device_attr *attr);
 void kvm_arm_apf_reset(struct kvm_vcpu *vcpu);
 void kvm_arm_apf_destroy(struct kvm_vcpu *vcpu);
 int kvm_arm_apf_check_bmap(struct kvm *kvm, u64 bmap);
-
-static inline void kvm_arm_apf_check_completion(struct kvm_vcpu *vcpu)
-{
-	kvm_check_async_pf_completion(vcpu);
-}
-
-/*
- * Can a completed page fetch be delivered now? Not while a PAGE_READY
- * waits for its ACK: the guest may idle in WFI meanwhile, and waking the
- * vCPU for nothing would spin.
- */
-static inline bool kvm_arm_apf_pending(struct kvm_vcpu *vcpu)
-{
-	return !READ_ONCE(vcpu->arch.apf.ready_pending) &&
-	       !list_empty_careful(&vcpu->async_pf.done);
-}
+int kvm_arm_apf_first_run(struct kvm_vcpu *vcpu);
+void kvm_arm_apf_check_completion(struct kvm_vcpu *vcpu);
+bool kvm_arm_apf_pending(struct kvm_vcpu *vcpu);
 
 #else /* !CONFIG_KVM_ARM_ASYNC_PF */
 
@@ -74,6 +61,7 @@ static inline int kvm_arm_apf_has_attr(struct kvm_vcpu *vcpu,
 static inline void kvm_arm_apf_reset(struct kvm_vcpu *vcpu) {}
 static inline int kvm_arm_apf_check_bmap(struct kvm *kvm, u64 bmap) { return 0; }
 static inline void kvm_arm_apf_destroy(struct kvm_vcpu *vcpu) {}
+static inline int kvm_arm_apf_first_run(struct kvm_vcpu *vcpu) { return 0; }
 static inline void kvm_arm_apf_check_completion(struct kvm_vcpu *vcpu) {}
 static inline bool kvm_arm_apf_pending(struct kvm_vcpu *vcpu) { return false; }
 static inline int kvm_arm_apf_hypercall(struct kvm_vcpu *vcpu)
