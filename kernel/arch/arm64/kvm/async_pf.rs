@@ -438,7 +438,11 @@ impl<'a> Apf<'a> {
             return Err(EINVAL);
         }
         let owner = self.vcpu.shared();
-        self.vcpu.claim_ppi(irq, owner)
+        match self.vcpu.claim_ppi(irq, owner) {
+            // The timer or the PMU has it: the same answer as the attribute.
+            Err(e) if e == EEXIST => Err(EBUSY),
+            res => res,
+        }
     }
 }
 

@@ -288,7 +288,7 @@ impl<'a> OwnedVcpu<'a> {
 
     /// Reserves the private peripheral interrupt `intid` (16..=31) of this
     /// vCPU's vGIC redistributor for `owner`, as the timer and the PMU
-    /// reserve theirs. Fails with `EBUSY` if another owner has it, and with
+    /// reserve theirs. Fails with `EEXIST` if another owner has it, and with
     /// `EAGAIN` before the vGIC is initialised.
     pub fn claim_ppi<T>(&mut self, intid: u32, owner: &T) -> Result {
         if !(16..=31).contains(&intid) {

@@ -764,6 +764,7 @@ static void mark_el0_accessible(struct kvm_vm *vm, uint64_t gva, uint64_t len)
 #define APF_VM_OFFER		BIT(0)	/* offer APF in BMAP_2 */
 #define APF_VM_NO_VGIC		BIT(1)	/* no in-kernel vGIC */
 #define APF_VM_PSCI		BIT(2)	/* PSCI 0.2: CPU_ON, CPU_OFF */
+#define APF_VM_PMU		BIT(3)	/* vCPUs with a PMU */
 
 static void apf_vm_create_flags(struct apf_vm *t, void *guest_code,
 				unsigned int nr_vcpus, unsigned int flags)
@@ -775,10 +776,13 @@ static void apf_vm_create_flags(struct apf_vm *t, void *guest_code,
 	int gic_fd;
 
 	TEST_ASSERT(nr_vcpus <= APF_MAX_VCPUS, "Too many vCPUs");
-	if (flags & APF_VM_PSCI) {
+	if (flags & (APF_VM_PSCI | APF_VM_PMU)) {
 		vm = vm_create(nr_vcpus);
 		vm_ioctl(vm, KVM_ARM_PREFERRED_TARGET, &init);
-		init.features[0] |= BIT(KVM_ARM_VCPU_PSCI_0_2);
+		if (flags & APF_VM_PSCI)
+			init.features[0] |= BIT(KVM_ARM_VCPU_PSCI_0_2);
+		if (flags & APF_VM_PMU)
+			init.features[0] |= BIT(KVM_ARM_VCPU_PMU_V3);
 		for (i = 0; i < nr_vcpus; i++)
 			t->vcpus[i] = aarch64_vcpu_add(vm, i, &init, guest_code);
 	} else {
@@ -4405,6 +4409,234 @@ static void test_nv_refused(void)
 	kvm_vm_free(vm);
 }
 
+/* ---------------------------------------------------------------------
+ * 31. ppi_collision: the IRQ attribute is checked and the PPI claimed
+ *
+ * Asserted: SET of the IRQ attribute refuses the VM's timer PPIs and the
+ * vCPU's PMU PPI with EBUSY, and an INTID that differs from the one another
+ * vCPU has with EINVAL, and then GET still reads the old value. The first
+ * KVM_RUN fails with EINVAL while only some vCPUs have the VMM's INTID, and
+ * with EBUSY when the VMM moved a timer onto it after setting it. With a
+ * valid choice the guest reads it from the IRQ subcall and takes the
+ * wake-all and a PAGE_READY on it, and the VMM's own KVM_IRQ_LINE on that
+ * PPI does not reach the guest: KVM claimed it in the vGIC.
+ * ---------------------------------------------------------------------
+ */
+#define PPI_CHOICE		20
+#define PPI_PMU			23
+
+static void guest_ppi(void)
+{
+	guest_setup();
+	guest_enable(0);
+	GUEST_SYNC1(STAGE_RUNNING);
+	/* The VMM raised PPI_CHOICE with KVM_IRQ_LINE: nothing arrives. */
+	guest_assert_quiet(1);
+	guest_apf_round(0, false);
+	GUEST_DONE();
+}
+
+static void assert_first_run_fails(struct kvm_vcpu *vcpu, int err)
+{
+	int ret = _vcpu_run(vcpu);
+
+	TEST_ASSERT(ret && errno == err,
+		    "First KVM_RUN: ret %d errno %d, expected errno %d",
+		    ret, errno, err);
+}
+
+static uint32_t timer_ppi(struct kvm_vcpu *vcpu, uint64_t attr)
+{
+	uint32_t irq;
+
+	vcpu_device_attr_get(vcpu, KVM_ARM_VCPU_TIMER_CTRL, attr, &irq);
+	return irq;
+}
+
+static void test_ppi_collision(void)
+{
+	const uint32_t def = KVM_ASYNC_PF_DEFAULT_IRQ;
+	uint32_t vtimer, ptimer, pmu_irq = PPI_PMU;
+	struct apf_vm t;
+	struct ucall uc;
+	uint64_t stats[NR_APF_STATS];
+
+	abi_watchdog();
+
+	/* Timers, different INTIDs, and the claim, on a VM of 2 vCPUs. */
+	__apf_vm_create(&t, guest_ppi, 2, true);
+	vtimer = timer_ppi(t.vcpu, KVM_ARM_VCPU_TIMER_IRQ_VTIMER);
+	ptimer = timer_ppi(t.vcpu, KVM_ARM_VCPU_TIMER_IRQ_PTIMER);
+	assert_apf_attr(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_IRQ, vtimer, EBUSY);
+	assert_apf_attr(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_IRQ, ptimer, EBUSY);
+	check_apf_attrs(t.vcpu, def, 0);
+
+	assert_apf_attr(t.vcpus[0], KVM_ARM_VCPU_ASYNC_PF_IRQ, PPI_CHOICE, 0);
+	assert_apf_attr(t.vcpus[1], KVM_ARM_VCPU_ASYNC_PF_IRQ, PPI_CHOICE + 1, EINVAL);
+	check_apf_attrs(t.vcpus[1], def, 0);
+	/* vCPU 1 still has the default: the VM cannot run. */
+	assert_first_run_fails(t.vcpus[0], EINVAL);
+
+	assert_apf_attr(t.vcpus[1], KVM_ARM_VCPU_ASYNC_PF_IRQ, PPI_CHOICE, 0);
+	params.expected_irq = PPI_CHOICE;
+	sync_global_to_guest(t.vm, params);
+	apf_vm_start_pager(&t);
+	pager_release(0, 1);
+	run_to_stage(t.vcpu, STAGE_RUNNING, &uc);
+	kvm_arm_irq_line(t.vm, PPI_CHOICE, 1);
+	run_to_done(t.vcpu);
+	kvm_arm_irq_line(t.vm, PPI_CHOICE, 0);
+	read_apf_stats(t.vcpu, stats);
+	TEST_ASSERT(stats[APF_STAT_NOT_PRESENT] == 1 && stats[APF_STAT_READY] == 2,
+		    "apf_not_present %lu apf_ready %lu, expected 1 and 2",
+		    stats[APF_STAT_NOT_PRESENT], stats[APF_STAT_READY]);
+	apf_vm_destroy(&t);
+
+	/* A timer moved onto the APF PPI after the VMM chose it. */
+	__apf_vm_create(&t, guest_ppi, 1, true);
+	assert_apf_attr(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_IRQ, PPI_CHOICE, 0);
+	vtimer = PPI_CHOICE;
+	vcpu_device_attr_set(t.vcpu, KVM_ARM_VCPU_TIMER_CTRL,
+			     KVM_ARM_VCPU_TIMER_IRQ_VTIMER, &vtimer);
+	assert_first_run_fails(t.vcpu, EBUSY);
+	apf_vm_destroy(&t);
+
+	/* The PMU's PPI. */
+	if (!kvm_has_cap(KVM_CAP_ARM_PMU_V3)) {
+		ksft_print_msg("ppi_collision: no PMU for guests, PMU case skipped\n");
+		return;
+	}
+	apf_vm_create_flags(&t, guest_ppi, 1, APF_VM_OFFER | APF_VM_PMU);
+	vcpu_device_attr_set(t.vcpu, KVM_ARM_VCPU_PMU_V3_CTRL,
+			     KVM_ARM_VCPU_PMU_V3_IRQ, &pmu_irq);
+	assert_apf_attr(t.vcpu, KVM_ARM_VCPU_ASYNC_PF_IRQ, PPI_PMU, EBUSY);
+	check_apf_attrs(t.vcpu, def, 0);
+	apf_vm_destroy(&t);
+}
+
+/* ---------------------------------------------------------------------
+ * 32. ready_kept_block_unwritable: no PAGE_READY is lost to a block that
+ * cannot be accessed for a while
+ *
+ * The VMM makes the page of the control block read-only in its own
+ * mapping (so KVM reads the block but cannot write it), and later
+ * inaccessible (KVM cannot even read it), each time while a fetch is in
+ * flight, and serves the page. Asserted: while the block is out of reach
+ * nothing is delivered, in 20 guest entries (apf_ready and the guest's
+ * count stay put); once the VMM gives write access back, the guest gets
+ * PAGE_READY with the token of its PAGE_NOT_PRESENT, reads the page's data
+ * on the retry without another PAGE_NOT_PRESENT, and apf_ready counts
+ * exactly the events the guest took.
+ * ---------------------------------------------------------------------
+ */
+#define UNW_POLLS		20
+
+static void guest_unwritable_round(uint32_t page)
+{
+	uint32_t np = READ_ONCE(ev.nr_not_present);
+	uint32_t ready = READ_ONCE(ev.nr_ready);
+	uint32_t token;
+
+	guest_el0_read(page, 1);
+	GUEST_ASSERT_EQ(READ_ONCE(ev.nr_not_present), np + 1);
+	token = ev.np_token[np];
+	GUEST_SYNC2(STAGE_NOT_PRESENT, token);
+
+	/* Poll without touching the block, which may be out of reach. */
+	while (READ_ONCE(ev.nr_ready) == ready) {
+		guest_irq_window();
+		GUEST_SYNC2(STAGE_PENDING, READ_ONCE(ev.nr_ready));
+	}
+	GUEST_ASSERT_EQ(READ_ONCE(ev.nr_ready), ready + 1);
+	GUEST_ASSERT_EQ(ev.ready_token[ready], token);
+
+	guest_el0_read(page, 1);
+	GUEST_ASSERT_EQ(el0_val(0), page_pattern(page));
+	GUEST_ASSERT_EQ(READ_ONCE(ev.nr_not_present), np + 1);
+}
+
+static void guest_unwritable(void)
+{
+	guest_setup();
+	guest_enable(0);
+	guest_unwritable_round(0);
+	guest_unwritable_round(1);
+	GUEST_DONE();
+}
+
+/*
+ * Called with the guest stopped at STAGE_NOT_PRESENT for @page; returns
+ * the stage it reaches once PAGE_READY came and it retried.
+ */
+static uint64_t unwritable_round(struct apf_vm *t, uint32_t page, int prot,
+				 uint32_t nr_ready)
+{
+	void *blk = addr_gpa2hva(t->vm, params.block_gpa[0]);
+	uint64_t stats[NR_APF_STATS];
+	struct ucall uc;
+	uint64_t stage;
+	int i;
+
+	TEST_ASSERT(!mprotect(blk, params.stride, prot),
+		    "mprotect() failed, errno %d", errno);
+	pager_wait_requests(page, 1);
+	pager_release(page, 1);
+	apf_settle();
+
+	for (i = 0; i < UNW_POLLS; i++) {
+		run_to_stage(t->vcpu, STAGE_PENDING, &uc);
+		TEST_ASSERT(uc.args[1] == nr_ready,
+			    "Guest took %lu events with its block out of reach, expected %u",
+			    uc.args[1], nr_ready);
+	}
+	read_apf_stats(t->vcpu, stats);
+	TEST_ASSERT(stats[APF_STAT_READY] == nr_ready,
+		    "apf_ready %lu with the block out of reach, expected %u",
+		    stats[APF_STAT_READY], nr_ready);
+
+	TEST_ASSERT(!mprotect(blk, params.stride, PROT_READ | PROT_WRITE),
+		    "mprotect() failed, errno %d", errno);
+	for (i = 0; i < 10 * UNW_POLLS; i++) {
+		stage = run_vcpu(t->vcpu, &uc);
+		if (stage != STAGE_PENDING)
+			break;
+	}
+	TEST_ASSERT(stage != STAGE_PENDING,
+		    "Guest still waits for PAGE_READY after %d entries", i);
+	read_apf_stats(t->vcpu, stats);
+	TEST_ASSERT(stats[APF_STAT_READY] == nr_ready + 1,
+		    "apf_ready %lu, expected %u", stats[APF_STAT_READY],
+		    nr_ready + 1);
+	ksft_print_msg("ready_kept_block_unwritable: %s block: PAGE_READY %d entries after write access came back\n",
+		       prot == PROT_READ ? "read-only" : "inaccessible", i);
+	return stage;
+}
+
+static void test_ready_kept_block_unwritable(void)
+{
+	uint64_t stats[NR_APF_STATS];
+	struct apf_vm t;
+	struct ucall uc;
+
+	abi_watchdog();
+	apf_vm_create(&t, guest_unwritable);
+	apf_vm_start_pager(&t);
+
+	run_to_stage(t.vcpu, STAGE_NOT_PRESENT, &uc);
+	/* KVM reads the block, its write of PAGE_READY fails: kept. */
+	TEST_ASSERT(unwritable_round(&t, 0, PROT_READ, 1) == STAGE_NOT_PRESENT,
+		    "Guest did not go on to its second fault");
+	/* KVM cannot even read it: the completion stays queued. */
+	TEST_ASSERT(unwritable_round(&t, 1, PROT_NONE, 2) == STAGE_DONE,
+		    "Guest did not finish");
+
+	read_apf_stats(t.vcpu, stats);
+	TEST_ASSERT(stats[APF_STAT_NOT_PRESENT] == 2 && stats[APF_STAT_READY] == 3,
+		    "apf_not_present %lu apf_ready %lu, expected 2 and 3",
+		    stats[APF_STAT_NOT_PRESENT], stats[APF_STAT_READY]);
+	apf_vm_destroy(&t);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(void);
@@ -4440,6 +4672,8 @@ static const struct {
 	{ "multi_vcpu",				test_multi_vcpu,	true },
 	{ "memslot_delete_in_flight",		test_memslot_delete_in_flight, true },
 	{ "psci_cpu_on_reset",			test_psci_cpu_on_reset,	true },
+	{ "ppi_collision",			test_ppi_collision,	true },
+	{ "ready_kept_block_unwritable",	test_ready_kept_block_unwritable, true },
 };
 
 /* Each subtest gets a fresh process, so a failed assertion stays local. */
