@@ -113,6 +113,7 @@ struct kvm_vcpu *rust_helper_kvm_get_vcpu(struct kvm *kvm, int i)
 {
 	return kvm_get_vcpu(kvm, i);
 }
+
 int rust_helper_kvm_vcpu_pmu_irq(struct kvm_vcpu *vcpu)
 {
 	return kvm_arm_pmu_irq_initialized(vcpu) ? vcpu->arch.pmu.irq_num : 0;

@@ -27,9 +27,8 @@ pub(crate) fn export(_attr: TokenStream, ts: TokenStream) -> TokenStream {
     // Both branches must have one type: the function pointer type of the
     // C declaration that bindgen made. A function whose prototype differs
     // from C's does not coerce to it, and the build fails.
-    let check = format!(
-        "const _: () = {{ if true {{ ::kernel::bindings::{name} }} else {{ {name} }}; }};"
-    );
+    let check =
+        format!("const _: () = {{ if true {{ ::kernel::bindings::{name} }} else {{ {name} }}; }};");
     let mut out: TokenStream = check.parse().unwrap();
     out.extend("#[no_mangle]".parse::<TokenStream>().unwrap());
     out.extend(ts);

@@ -62,7 +62,12 @@ impl<'a> GuestCache<'a> {
         // initialises it, and resolves the range with write intent, so a
         // read-only memslot fails too.
         to_result(self.kvm.srcu_read(|| unsafe {
-            bindings::kvm_gfn_to_hva_cache_init(self.kvm.as_raw(), &mut scratch, gpa.as_u64(), len as _)
+            bindings::kvm_gfn_to_hva_cache_init(
+                self.kvm.as_raw(),
+                &mut scratch,
+                gpa.as_u64(),
+                len as _,
+            )
         }))?;
         // INVARIANT: The range was resolved in `kvm`, for writing.
         // SAFETY: `ghc` is valid and ours (type invariant).

@@ -4607,8 +4607,9 @@ static uint64_t unwritable_round(struct apf_vm *t, uint32_t page, int prot,
 	TEST_ASSERT(stats[APF_STAT_READY] == nr_ready + 1,
 		    "apf_ready %lu, expected %u", stats[APF_STAT_READY],
 		    nr_ready + 1);
-	ksft_print_msg("ready_kept_block_unwritable: %s block: PAGE_READY %d entries after write access came back\n",
-		       prot == PROT_READ ? "read-only" : "inaccessible", i);
+	ksft_print_msg("ready_kept_block_unwritable: %s block: PAGE_READY %d %s\n",
+		       prot == PROT_READ ? "read-only" : "inaccessible", i,
+		       "entries after write access came back");
 	return stage;
 }
 
