@@ -30,6 +30,7 @@ use core::{
 use kernel::{
     arm_smccc, bindings, c_str, cpuhp,
     irq::{self, IrqReturn, LocalIrqDisabled, PercpuHandler, PercpuIrq},
+    macros::export,
     new_spinlock,
     notifier::{Chain, Notifier, NotifierHandler},
     prelude::*,
@@ -530,7 +531,7 @@ impl kernel::Module for ApfGuest {
 /// from user space. Returns `true` if it was PAGE_NOT_PRESENT, which has then
 /// been handled: the task was parked until its page was ready, and the
 /// faulting instruction is to be retried.
-#[no_mangle]
+#[export]
 pub extern "C" fn kvm_apf_guest_user_abort(esr: u64) -> bool {
     match apf() {
         Some(apf) if esr & FSC_MASK == FSC_SEA => apf.not_present(),
