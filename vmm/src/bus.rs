@@ -19,6 +19,11 @@ impl<W: Write> MmioBus<W> {
         MmioBus { serial }
     }
 
+    /// Returns the UART.
+    pub fn serial(&self) -> &SerialDevice<W> {
+        &self.serial
+    }
+
     fn serial_offset(addr: u64) -> Option<u64> {
         addr.checked_sub(SERIAL_BASE).filter(|o| *o < SERIAL_SIZE)
     }

@@ -164,7 +164,7 @@ fn enter_cgroup(limit_mib: u64, max_mib: u64, quiet: bool) -> Result<cgroup::Cgr
 
 #[cfg(target_arch = "aarch64")]
 fn run(p: Prepared) -> Result<u8, Error> {
-    use std::sync::{mpsc, Arc, Mutex};
+    use std::sync::{mpsc, Arc, Mutex, OnceLock};
     use std::time::Duration;
 
     use vmm_sys_util::eventfd::EventFd;
@@ -197,6 +197,13 @@ fn run(p: Prepared) -> Result<u8, Error> {
     memory::load_dtb(&mem, &dtb, layout.dtb)?;
 
     let (tx, rx) = mpsc::channel::<VmEvent>();
+    // The guest may ask for an eviction pass on its console; the evictor
+    // answers on the UART's input (`serial::EVICT_REQUEST`).
+    let evict_channel = evict::EvictChannel::new();
+    let evict_requests = (args.mem_mode == MemMode::Uffd && args.uffd.evict_ms > 0)
+        .then(|| evict_channel.requester());
+    // The bus, once made, for the evictor's answers.
+    let answer_bus = Arc::new(OnceLock::<Arc<bus::MmioBus<serial::Console>>>::new());
 
     // Registered after loading, so the images are already present and only
     // the pages the guest touches later go through the handler (until an
@@ -223,6 +230,16 @@ fn run(p: Prepared) -> Result<u8, Error> {
             evict = Some(EvictSetup {
                 interval: Duration::from_millis(args.uffd.evict_ms),
                 store,
+                channel: evict_channel,
+                on_done: {
+                    let answer_bus = answer_bus.clone();
+                    Box::new(move || {
+                        // The bus exists before any vCPU runs.
+                        if let Some(bus) = answer_bus.get() {
+                            let _ = bus.serial().enqueue_input(&[serial::EVICT_DONE]);
+                        }
+                    })
+                },
             });
         }
         Some(handler)
@@ -231,11 +248,19 @@ fn run(p: Prepared) -> Result<u8, Error> {
     };
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
+    let hook: Box<dyn FnMut(&[u8]) + Send> = Box::new(move |line: &[u8]| {
+        if let Some(req) = &evict_requests {
+            if line.ends_with(serial::EVICT_REQUEST) {
+                req.request();
+            }
+        }
+    });
     let serial = serial::SerialDevice::new(
         serial_irq.try_clone().map_err(Error::EventFd)?,
-        std::io::stdout(),
+        serial::LineTap::new(std::io::stdout(), hook),
     );
     let bus = Arc::new(bus::MmioBus::new(serial));
+    let _ = answer_bus.set(bus.clone());
 
     let vm = Vm::create(
         &VmConfig {

@@ -3,8 +3,8 @@
 //! The KVM virtual machine: memory slot, vCPUs, vGIC, UART interrupt, APF
 //! configuration, and the threads that run it.
 
+use crate::serial::Console;
 use std::fs::File;
-use std::io::Stdout;
 use std::os::unix::thread::{JoinHandleExt, RawPthread};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -21,7 +21,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::apf::{self, ApfError, HostApf};
 use crate::args::ApfMode;
 use crate::bus::MmioBus;
-use crate::evict::{self, EvictError, EvictStats, VcpuPause};
+use crate::evict::{self, EvictChannel, EvictError, EvictStats, VcpuPause};
 use crate::gic::{self, GicError};
 use crate::layout::{Layout, SERIAL_SPI};
 use crate::memory::{self, GuestMem, MemoryError};
@@ -104,6 +104,10 @@ pub struct EvictSetup {
     pub interval: Duration,
     /// The state shared with the fault handler.
     pub store: Arc<Mutex<PageStore>>,
+    /// Where passes are requested (by the console, see `serial`).
+    pub channel: EvictChannel,
+    /// Called after each requested pass.
+    pub on_done: Box<dyn Fn() + Send>,
 }
 
 /// Pauses the VM's vCPU threads through the gate they check, kicking them
@@ -267,7 +271,7 @@ impl Vm {
     /// With `evict`, the userfaultfd evictor runs meanwhile.
     pub fn run(
         self,
-        bus: Arc<MmioBus<Stdout>>,
+        bus: Arc<MmioBus<Console>>,
         events: Sender<VmEvent>,
         rx: Receiver<VmEvent>,
         evict: Option<EvictSetup>,
@@ -327,9 +331,16 @@ impl Vm {
                     threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
                 };
                 let fatal_tx = events.clone();
-                let spawned = evict::spawn(setup.interval, setup.store, pauser, move |e| {
-                    let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
-                });
+                let spawned = evict::spawn(
+                    setup.interval,
+                    setup.store,
+                    pauser,
+                    setup.channel,
+                    setup.on_done,
+                    move |e| {
+                        let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
+                    },
+                );
                 match spawned {
                     Ok(ev) => Some(ev),
                     Err(e) => {
