@@ -9,13 +9,14 @@ S := scripts
 TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/e2e.list tests/regression.list
 RUN_LISTS := tests/demo.list
 
-.PHONY: all deps tree config kernel selftests guest vmm-test test test-debug run soak-swap check series refresh clean help
+.PHONY: all deps tree config kernel selftests guest vmm-test test test-debug run soak-swap bench check series refresh clean help
 
 all: kernel
 
 help:
 	@echo "make run        boot the emulated arm64 KVM host and run the demo"
 	@echo "make soak-swap  run e2e-swap and e2e-swap-hidden SOAK_RUNS times each (default 20)"
+	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: a few minutes)"
 	@echo "make test       build everything and run every test (what CI runs)"
 	@echo "make test-debug the APF tests on a KASAN/lockdep/kmemleak host kernel"
 	@echo "make check      rustfmt, CLIPPY=1 build and checkpatch on the series"
@@ -67,6 +68,10 @@ run: guest
 SOAK_RUNS ?= 20
 soak-swap: guest
 	@$(S)/soak-swap.sh $(SOAK_RUNS)
+
+# What APF buys and costs (not part of make test): scripts/bench.sh.
+bench: guest
+	@$(S)/bench.sh
 
 check: config
 	@$(S)/check.sh

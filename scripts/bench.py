@@ -1,0 +1,224 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: GPL-2.0
+"""Collect the figures of `make bench` from the emulated host's console log.
+
+Each run is "bench:WORK-REGIME-VCPUS:APF:REP" (scripts/bench.sh). Runs are
+paired by that key, APF on with APF hidden of the same repetition, and
+every ratio is taken within such a pair of one boot. Writes bench.json
+(every run and every figure), bench.md (the table) and bench.svg (the
+plot) into the output folder.
+
+Usage: bench.py CONSOLE_LOG OUT_DIR COMMAND
+"""
+
+import json
+import os
+import re
+import statistics
+import sys
+
+START = re.compile(r"^@@ START (bench:\S+)")
+END = re.compile(r"^@@ END (bench:\S+) (\S+) (\S+)")
+STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+) "
+                   r"compute_frac=([\d.]+)")
+FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
+VERDICT = re.compile(r"^e2e: (PASS|FAIL)\b")
+HOST = re.compile(r"^apf: vcpu\d+ (.*)")
+FIELD = re.compile(r"(\w+)=(\d+)")
+
+
+def parse(log):
+    runs = {}
+    cur = None
+    with open(log, errors="replace") as f:
+        for line in f:
+            line = line.rstrip("\r\n")
+            m = START.match(line)
+            if m:
+                _, config, apf, rep = m.group(1).split(":")
+                work, regime, vcpus = config.split("-")
+                cur = runs[m.group(1)] = {
+                    "name": m.group(1), "config": config, "work": work, "regime": regime,
+                    "vcpus": int(vcpus), "apf": apf, "rep": int(rep),
+                    "rounds": [], "host": {}, "ok": False,
+                }
+                continue
+            if cur is None:
+                continue
+            m = STORM.match(line)
+            if m:
+                cur["rounds"].append({"round": int(m.group(1)), "pages": int(m.group(2)),
+                                      "fault_ms": float(m.group(3)),
+                                      "compute_frac": float(m.group(4))})
+            m = FREE.match(line)
+            if m:
+                cur["rounds"].append({"round": int(m.group(1)),
+                                      "compute_ms": float(m.group(2)),
+                                      "touch_ms": float(m.group(3))})
+            m = HOST.match(line)
+            if m:
+                for k, v in FIELD.findall(m.group(1)):
+                    cur["host"][k] = cur["host"].get(k, 0) + int(v)
+            m = VERDICT.match(line)
+            if m:
+                cur["verdict"] = m.group(1)
+            m = END.match(line)
+            if m and m.group(1) == cur["name"]:
+                cur["ok"] = (m.group(2), m.group(3)) == ("exit", "0") and \
+                    cur.get("verdict") == "PASS" and bool(cur["rounds"])
+                cur = None
+    return runs
+
+
+def med(values):
+    return statistics.median(values) if values else None
+
+
+def per_run(run, key):
+    """The median over a run's rounds, the first (warm-up) left out when
+    there are more than two."""
+    vals = [r[key] for r in run["rounds"] if key in r]
+    if len(vals) > 2:
+        vals = vals[1:]
+    return med(vals)
+
+
+def summary(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": med(values), "min": min(values), "max": max(values), "n": len(values)}
+
+
+def figures(runs):
+    configs = {}
+    for r in runs.values():
+        configs.setdefault(r["config"], []).append(r)
+    out = {}
+    for config, rs in sorted(configs.items()):
+        pairs = {}
+        for r in rs:
+            if r["ok"]:
+                pairs.setdefault(r["rep"], {})[r["apf"]] = r
+        pairs = [p for _, p in sorted(pairs.items()) if "on" in p and "hidden" in p]
+        work = rs[0]["work"]
+        f = {"work": work, "regime": rs[0]["regime"], "vcpus": rs[0]["vcpus"],
+             "pairs": len(pairs), "runs": len(rs), "failed": sum(not r["ok"] for r in rs)}
+        if work == "storm":
+            f["compute_frac_on"] = summary([per_run(p["on"], "compute_frac") for p in pairs])
+            f["compute_frac_hidden"] = summary([per_run(p["hidden"], "compute_frac")
+                                                for p in pairs])
+            f["fault_time_ratio"] = summary([per_run(p["on"], "fault_ms") /
+                                             per_run(p["hidden"], "fault_ms") for p in pairs])
+            f["fault_ms_on"] = summary([per_run(p["on"], "fault_ms") for p in pairs])
+            f["fault_ms_hidden"] = summary([per_run(p["hidden"], "fault_ms") for p in pairs])
+            f["not_present_on"] = summary([p["on"]["host"].get("apf_not_present", 0)
+                                           for p in pairs])
+            f["fallbacks_on"] = {k: sum(p["on"]["host"].get(k, 0) for p in pairs)
+                                 for k in sorted({k for p in pairs for k in p["on"]["host"]
+                                                  if k.startswith("apf_sync_")})}
+        else:
+            f["compute_ratio"] = summary([per_run(p["on"], "compute_ms") /
+                                          per_run(p["hidden"], "compute_ms") for p in pairs])
+            f["touch_ratio"] = summary([per_run(p["on"], "touch_ms") /
+                                        per_run(p["hidden"], "touch_ms") for p in pairs])
+        out[config] = f
+    return out
+
+
+def fmt(s, pct=False, digits=2):
+    if not s:
+        return "-"
+    if pct:
+        c = lambda v: f"{(v - 1) * 100:+.1f}%"
+        return f"{c(s['median'])} ({c(s['min'])} .. {c(s['max'])})"
+    return f"{s['median']:.{digits}f} ({s['min']:.{digits}f} .. {s['max']:.{digits}f})"
+
+
+def table(figs, command):
+    lines = [
+        f"`{command}`: median (min .. max) over the pairs; every ratio is APF on "
+        "against APF hidden within one pair of one boot of the emulated host (QEMU TCG: "
+        "ratios, not hardware timings).",
+        "",
+        "| configuration | vCPUs | pairs | compute progress, APF on | compute progress, hidden "
+        "| faulting thread's time, on vs hidden | PAGE_NOT_PRESENT per run |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for config, f in figs.items():
+        if f["work"] != "storm":
+            continue
+        lines.append(f"| {f['regime']} | {f['vcpus']} | {f['pairs']} | "
+                     f"{fmt(f['compute_frac_on'])} | {fmt(f['compute_frac_hidden'])} | "
+                     f"{fmt(f['fault_time_ratio'], pct=True)} | "
+                     f"{fmt(f['not_present_on'], digits=0)} |")
+    free = [(c, f) for c, f in figs.items() if f["work"] == "free"]
+    if free:
+        lines += ["", "| fault-free | vCPUs | pairs | compute-only time, on vs hidden "
+                  "| memory-touching time, on vs hidden |", "|---|---|---|---|---|"]
+        for config, f in free:
+            lines.append(f"| {config} | {f['vcpus']} | {f['pairs']} | "
+                         f"{fmt(f['compute_ratio'], pct=True)} | "
+                         f"{fmt(f['touch_ratio'], pct=True)} |")
+    lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
+              "reads its evicted pages, as a fraction of its rate with nothing faulting. "
+              "Faulting thread's time: one pass over its pages."]
+    return "\n".join(lines) + "\n"
+
+
+def svg(figs):
+    storm = [(c, f) for c, f in figs.items() if f["work"] == "storm" and f["pairs"]]
+    w, h, left, top, bar = 760, 300, 60, 30, 16
+    group = (w - left - 20) / max(len(storm), 1)
+    y = lambda v: top + (h - top - 60) * (1 - min(v, 1.2) / 1.2)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" '
+             'font-family="sans-serif" font-size="11">',
+             f'<text x="{left}" y="16" font-size="13">Compute progress during the fault '
+             'storm (fraction of fault-free rate; bars: median, lines: min..max)</text>']
+    for v in (0, 0.5, 0.9, 1.0):
+        parts.append(f'<line x1="{left}" x2="{w - 20}" y1="{y(v):.1f}" y2="{y(v):.1f}" '
+                     f'stroke="#ccc"/><text x="{left - 30}" y="{y(v) + 4:.1f}">{v}</text>')
+    for i, (config, f) in enumerate(storm):
+        x0 = left + i * group + group / 2 - bar
+        for j, (key, colour) in enumerate((("compute_frac_on", "#2a7"),
+                                           ("compute_frac_hidden", "#c44"))):
+            s = f[key]
+            if not s:
+                continue
+            x = x0 + j * bar
+            parts.append(f'<rect x="{x:.1f}" y="{y(s["median"]):.1f}" width="{bar - 2}" '
+                         f'height="{y(0) - y(s["median"]):.1f}" fill="{colour}"/>')
+            parts.append(f'<line x1="{x + bar / 2 - 1:.1f}" x2="{x + bar / 2 - 1:.1f}" '
+                         f'y1="{y(s["min"]):.1f}" y2="{y(s["max"]):.1f}" stroke="#000"/>')
+        parts.append(f'<text x="{x0 - 10:.1f}" y="{h - 40}">{f["regime"]}</text>'
+                     f'<text x="{x0 - 10:.1f}" y="{h - 26}">{f["vcpus"]} vCPU</text>')
+    parts.append(f'<rect x="{w - 190}" y="{h - 20}" width="10" height="10" fill="#2a7"/>'
+                 f'<text x="{w - 176}" y="{h - 11}">APF on</text>'
+                 f'<rect x="{w - 110}" y="{h - 20}" width="10" height="10" fill="#c44"/>'
+                 f'<text x="{w - 96}" y="{h - 11}">APF hidden</text></svg>')
+    return "\n".join(parts) + "\n"
+
+
+def main():
+    log, out, command = sys.argv[1:4]
+    runs = parse(log)
+    if not runs:
+        sys.exit(f"bench.py: no bench runs in {log}")
+    figs = figures(runs)
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.json"), "w") as f:
+        json.dump({"command": command, "figures": figs, "runs": list(runs.values())}, f,
+                  indent=1)
+    md = table(figs, command)
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write(md)
+    with open(os.path.join(out, "bench.svg"), "w") as f:
+        f.write(svg(figs))
+    print(md)
+    bad = [r["name"] for r in runs.values() if not r["ok"]]
+    if bad:
+        print(f"runs left out (failed or no figures): {' '.join(bad)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# make bench: what APF buys and costs. Boots the emulated host once and runs
+# apf-vmm guests (apf-bench, userspace/workload/apf-bench.c) with APF
+# offered and hidden, interleaved, each under apf-e2e, which checks that
+# the run is sound (the data, the guest's and the host's counters, no
+# events when hidden). scripts/bench.py then pairs the runs and writes
+# out/bench/: bench.md, bench.json and bench.svg.
+#
+# Configurations (NAME = workload-regime-vCPUs):
+#   storm: a compute thread beside a faulting thread, whose pages are
+#          evicted before each pass; regimes uffd200 / uffd1000 / uffd5000
+#          (userfaultfd, that fetch latency in us) and swap (a memory
+#          cgroup below the working set, swapping to the host's disk);
+#          1 and 2 vCPUs.
+#   free:  nothing faults; compute-only and memory-touching loops.
+# BENCH_REPS (default 5) repetitions of each, APF on and hidden
+# interleaved. BENCH_QUICK=1: uffd1000 and swap on 2 vCPUs, and free,
+# 3 repetitions, fewer rounds (a few minutes). BENCH_OUT: the output
+# folder (default out/bench).
+source "$(dirname "$0")/lib.sh"
+
+quick=${BENCH_QUICK:-0}
+reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 3 || echo 5)}
+[[ $reps =~ ^[1-9][0-9]?$ ]] || die "bench: BENCH_REPS must be 1..99, not '$reps'"
+rounds=$([ "$quick" = 1 ] && echo 3 || echo 5)
+out=${BENCH_OUT:-$TOP/out/bench}
+
+vmm="/bin/apf-vmm --kernel /guest/Image --initrd /guest/initrd.cpio --mem 256"
+cmdline="console=ttyS0 panic=-1 kunit.enable=0 APF_BENCH_ROUNDS=$rounds"
+
+# regime -> apf-e2e options, apf-vmm options, guest settings. The region
+# shrinks as the latency grows, so that a pass takes about as long.
+declare -A e2e_opt vmm_opt guest_opt
+for lat in 200 1000 5000; do
+	mib=$((lat == 200 ? 8 : lat == 1000 ? 4 : 1))
+	e2e_opt[uffd$lat]=""
+	vmm_opt[uffd$lat]="--mem-mode uffd --uffd-latency-us $lat --uffd-evict-ms 600000"
+	guest_opt[uffd$lat]="APF_BENCH=storm APF_BENCH_EVICT=uffd APF_BENCH_MIB=$mib"
+done
+e2e_opt[swap]="--swap-disk vda"
+vmm_opt[swap]="--mem-mode cgroup --cgroup-limit 48"
+guest_opt[swap]="APF_BENCH=storm APF_BENCH_EVICT=none APF_BENCH_MIB=64"
+e2e_opt[free]=""
+vmm_opt[free]="--mem-mode plain"
+guest_opt[free]="APF_BENCH=free APF_BENCH_MIB=16"
+
+if [ "$quick" = 1 ]; then
+	configs=(storm-uffd1000-2 storm-swap-2 free-free-2)
+else
+	configs=(storm-uffd200-1 storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2
+		storm-uffd5000-1 storm-uffd5000-2 storm-swap-1 storm-swap-2
+		free-free-1 free-free-2)
+fi
+# BENCH_CONFIGS="storm-swap-2 ..." picks configurations by hand.
+[ -z "${BENCH_CONFIGS:-}" ] || read -ra configs <<<"$BENCH_CONFIGS"
+
+list=$B/bench.list
+mkdir -p "$B" "$out"
+: >"$list"
+for rep in $(seq "$reps"); do
+	for c in "${configs[@]}"; do
+		IFS=- read -r work regime vcpus <<<"$c"
+		for apf in on hidden; do
+			# The fault-free runs have no event to expect either way.
+			if [ "$apf" = hidden ]; then
+				expect="--expect none" hide="--apf hidden"
+			elif [ "$work" = storm ]; then
+				expect="--expect events" hide=""
+			else
+				expect="" hide=""
+			fi
+			echo "bench:$c:$apf:$rep 900 /bin/apf-e2e $expect ${e2e_opt[$regime]} --timeout 880 --" \
+				"$vmm --vcpus $vcpus ${vmm_opt[$regime]} $hide" \
+				"--cmdline \"$cmdline ${guest_opt[$regime]}\"" >>"$list"
+		done
+	done
+done
+
+n=$(grep -c . "$list")
+say "bench: ${#configs[@]} configurations x $reps repetitions x APF on/hidden = $n runs (list: $list)"
+set +e
+"$TOP/scripts/boot.sh" bench "$list"
+boot_rc=$?
+set -e
+python3 "$TOP/scripts/bench.py" "$B/logs/bench-console.log" "$out" \
+	"make bench$([ "$quick" = 1 ] && echo ' BENCH_QUICK=1')" || die "bench: no results"
+[ "$boot_rc" = 0 ] || warn "bench: some runs failed (see above); their figures are left out"
+say "bench: results in $out (bench.md, bench.json, bench.svg)"
