@@ -9,6 +9,7 @@ every ratio is taken within such a pair of one boot. Writes bench.json
 plot) into the output folder.
 
 Usage: bench.py CONSOLE_LOG OUT_DIR COMMAND
+       bench.py --compare FIRST.json SECOND.json   (two runs' stability)
 """
 
 import json
@@ -23,7 +24,7 @@ STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+)
                    r"compute_frac=([\d.]+)")
 FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
 VERDICT = re.compile(r"^e2e: (PASS|FAIL)\b")
-HOST = re.compile(r"^apf: vcpu\d+ (.*)")
+HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
 FIELD = re.compile(r"(\w+)=(\d+)")
 
 
@@ -114,6 +115,16 @@ def figures(runs):
             f["fault_ms_hidden"] = summary([per_run(p["hidden"], "fault_ms") for p in pairs])
             f["not_present_on"] = summary([p["on"]["host"].get("apf_not_present", 0)
                                            for p in pairs])
+            # What one PAGE_NOT_PRESENT costs the host, in exits more than
+            # the same run with APF hidden (boot and the rest cancel out).
+            for key in ("exits", "hvc_exit_stat", "wfi_exit_stat"):
+                f[f"extra_{key}_per_fault"] = summary([
+                    (p["on"]["host"].get(key, 0) - p["hidden"]["host"].get(key, 0)) /
+                    p["on"]["host"]["apf_not_present"]
+                    for p in pairs if p["on"]["host"].get("apf_not_present")])
+            f["refaults_per_fault"] = summary([
+                p["on"]["host"].get("apf_sync_refault", 0) / p["on"]["host"]["apf_not_present"]
+                for p in pairs if p["on"]["host"].get("apf_not_present")])
             f["fallbacks_on"] = {k: sum(p["on"]["host"].get(k, 0) for p in pairs)
                                  for k in sorted({k for p in pairs for k in p["on"]["host"]
                                                   if k.startswith("apf_sync_")})}
@@ -135,6 +146,10 @@ def fmt(s, pct=False, digits=2):
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f} .. {s['max']:.{digits}f})"
 
 
+def med_only(s):
+    return f"{s['median']:.2f}" if s else "-"
+
+
 def table(figs, command):
     lines = [
         f"`{command}`: median (min .. max) over the pairs; every ratio is APF on "
@@ -142,8 +157,9 @@ def table(figs, command):
         "ratios, not hardware timings).",
         "",
         "| configuration | vCPUs | pairs | compute progress, APF on | compute progress, hidden "
-        "| faulting thread's time, on vs hidden | PAGE_NOT_PRESENT per run |",
-        "|---|---|---|---|---|---|---|",
+        "| faulting thread's time, on vs hidden | PAGE_NOT_PRESENT per run "
+        "| exits per fault, more than hidden (of which HVC, WFI) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for config, f in figs.items():
         if f["work"] != "storm":
@@ -151,7 +167,10 @@ def table(figs, command):
         lines.append(f"| {f['regime']} | {f['vcpus']} | {f['pairs']} | "
                      f"{fmt(f['compute_frac_on'])} | {fmt(f['compute_frac_hidden'])} | "
                      f"{fmt(f['fault_time_ratio'], pct=True)} | "
-                     f"{fmt(f['not_present_on'], digits=0)} |")
+                     f"{fmt(f['not_present_on'], digits=0)} | "
+                     f"{med_only(f['extra_exits_per_fault'])} "
+                     f"({med_only(f['extra_hvc_exit_stat_per_fault'])}, "
+                     f"{med_only(f['extra_wfi_exit_stat_per_fault'])}) |")
     free = [(c, f) for c, f in figs.items() if f["work"] == "free"]
     if free:
         lines += ["", "| fault-free | vCPUs | pairs | compute-only time, on vs hidden "
@@ -199,7 +218,29 @@ def svg(figs):
     return "\n".join(parts) + "\n"
 
 
+FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
+           "extra_exits_per_fault", "compute_ratio", "touch_ratio")
+
+
+def compare(first, second):
+    """Each figure's median in two runs of make bench, and how far apart."""
+    a = json.load(open(first))["figures"]
+    b = json.load(open(second))["figures"]
+    print("| configuration | figure | first run | second run | difference |")
+    print("|---|---|---|---|---|")
+    for config in sorted(set(a) & set(b)):
+        for key in FIGURES:
+            fa, fb = a[config].get(key), b[config].get(key)
+            if not fa or not fb:
+                continue
+            ma, mb = fa["median"], fb["median"]
+            print(f"| {config} | {key} | {ma:.3f} | {mb:.3f} | {mb - ma:+.3f} |")
+
+
 def main():
+    if sys.argv[1] == "--compare":
+        compare(sys.argv[2], sys.argv[3])
+        return
     log, out, command = sys.argv[1:4]
     runs = parse(log)
     if not runs:

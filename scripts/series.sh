@@ -16,10 +16,15 @@ git -C "$TREE" format-patch -q --cover-letter --no-signature \
 	--base=base -o "$out" base..HEAD
 letter=$(ls "$out"/0000-cover-letter.patch)
 subject=$(head -n1 "$cover")
-python3 - "$letter" "$cover" "$subject" <<'PY'
+python3 - "$letter" "$cover" "$subject" "$TOP/bench/bench.md" <<'PY'
+import os
 import sys
-path, cover, subject = sys.argv[1:]
+path, cover, subject, bench = sys.argv[1:]
 blurb = open(cover).read().split("\n", 1)[1].strip("\n")
+# The latest committed `make bench` figures, with the command that made them.
+if os.path.exists(bench):
+    blurb += "\n\nPerformance, from bench/bench.md in the development repository:\n\n"
+    blurb += open(bench).read().strip("\n")
 text = open(path).read()
 text = text.replace("*** SUBJECT HERE ***", subject)
 text = text.replace("*** BLURB HERE ***", blurb)

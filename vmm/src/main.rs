@@ -284,7 +284,10 @@ fn run(p: Prepared) -> Result<u8, Error> {
     if !quiet {
         for (index, stats) in report.stats.iter().enumerate() {
             match stats {
-                Ok(s) => println!("{}", stats::apf_line(index, s)),
+                Ok(s) => {
+                    println!("{}", stats::apf_line(index, s));
+                    println!("{}", stats::kvm_line(index, s));
+                }
                 Err(e) => println!("apf: vcpu{index} statistics unavailable: {e}"),
             }
         }

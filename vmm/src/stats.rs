@@ -222,6 +222,28 @@ pub fn apf_line(vcpu: usize, stats: &[Stat]) -> String {
     }
 }
 
+/// The generic KVM vCPU counters that tell what a fault costs in exits,
+/// printed by [`kvm_line`] in this order.
+pub const EXIT_STATS: &[&str] = &[
+    "exits",
+    "hvc_exit_stat",
+    "wfi_exit_stat",
+    "mmio_exit_user",
+    "signal_exits",
+    "halt_wakeup",
+];
+
+/// Formats the [`EXIT_STATS`] counters of one vCPU on one line (`kvm:`),
+/// those the kernel has.
+pub fn kvm_line(vcpu: usize, stats: &[Stat]) -> String {
+    let fields: Vec<String> = EXIT_STATS
+        .iter()
+        .filter_map(|name| stats.iter().find(|s| s.name == *name))
+        .map(|s| format!("{}={}", s.name, s.value))
+        .collect();
+    format!("kvm: vcpu{vcpu} {}", fields.join(" "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,5 +407,23 @@ mod tests {
             .expect("exits counter");
         assert_eq!(exits.value, 0);
         assert!(stats.iter().any(|s| s.name == "halt_exits"));
+    }
+
+    #[test]
+    fn kvm_line_lists_exit_counters_in_order() {
+        let stat = |name: &str, value| Stat {
+            name: name.into(),
+            value,
+        };
+        let stats = [
+            stat("halt_wakeup", 3),
+            stat("apf_ready", 9),
+            stat("exits", 100),
+            stat("hvc_exit_stat", 7),
+        ];
+        assert_eq!(
+            kvm_line(1, &stats),
+            "kvm: vcpu1 exits=100 hvc_exit_stat=7 halt_wakeup=3"
+        );
     }
 }
