@@ -50,8 +50,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "env.h"
+
 #define EXIT_FAIL 1
-#define EXIT_USAGE 2
 
 #define MAX_MIB 1024
 #define MAX_ROUNDS 100
@@ -69,23 +70,6 @@ static size_t page_size;
 
 static atomic_int compute_stop;
 static atomic_ullong compute_iters;
-
-static long env_long(const char *name, long def, long min, long max)
-{
-	const char *s = getenv(name);
-	char *end;
-	long v;
-
-	if (!s)
-		return def;
-	errno = 0;
-	v = strtol(s, &end, 0);
-	if (errno || *end || v < min || v > max) {
-		fprintf(stderr, "apf-bench: %s=%s: not in %ld..%ld\n", name, s, min, max);
-		exit(EXIT_USAGE);
-	}
-	return v;
-}
 
 static double now_ms(void)
 {
@@ -298,10 +282,10 @@ int main(void)
 	if (!mode)
 		return 0;
 	page_size = sysconf(_SC_PAGESIZE);
-	mib = env_long("APF_BENCH_MIB", mib, 1, MAX_MIB);
-	rounds = env_long("APF_BENCH_ROUNDS", rounds, 1, MAX_ROUNDS);
-	base_ms = env_long("APF_BENCH_BASE_MS", base_ms, 10, 60000);
-	ncompute = env_long("APF_BENCH_COMPUTE", sysconf(_SC_NPROCESSORS_ONLN), 1, MAX_COMPUTE);
+	mib = env_long("apf-bench", "APF_BENCH_MIB", mib, 1, MAX_MIB);
+	rounds = env_long("apf-bench", "APF_BENCH_ROUNDS", rounds, 1, MAX_ROUNDS);
+	base_ms = env_long("apf-bench", "APF_BENCH_BASE_MS", base_ms, 10, 60000);
+	ncompute = env_long("apf-bench", "APF_BENCH_COMPUTE", sysconf(_SC_NPROCESSORS_ONLN), 1, MAX_COMPUTE);
 	if (getenv("APF_BENCH_EVICT"))
 		evict = getenv("APF_BENCH_EVICT");
 	if (strcmp(evict, "uffd") && strcmp(evict, "none")) {

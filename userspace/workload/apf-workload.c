@@ -43,8 +43,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "env.h"
+
 #define EXIT_FAIL 1
-#define EXIT_USAGE 2
 
 #define MAX_PROCS 16
 #define MAX_THREADS 16
@@ -77,25 +78,6 @@ static atomic_int compute_stop;
 static atomic_ullong compute_iters;
 static int hotplug_cycles;
 static char hotplug_error[160];
-
-/* Parses env var @name as a decimal in [min, max]; exits 2 on bad input. */
-static long env_long(const char *name, long def, long min, long max)
-{
-	const char *s = getenv(name);
-	char *end;
-	long v;
-
-	if (!s)
-		return def;
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (!*s || *end || errno || v < min || v > max) {
-		printf("workload: error: %s='%s': expected a number %ld..%ld\n",
-		       name, s, min, max);
-		exit(EXIT_USAGE);
-	}
-	return v;
-}
 
 static uint64_t mix64(uint64_t x)
 {
@@ -365,11 +347,11 @@ int main(void)
 		return 0;
 
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	cfg.procs = env_long("APF_WL_PROCS", 2, 1, MAX_PROCS);
-	cfg.threads = env_long("APF_WL_THREADS", 2, 1, MAX_THREADS);
-	cfg.mib = env_long("APF_WL_MIB", 96, 1, MAX_MIB);
-	cfg.rounds = env_long("APF_WL_ROUNDS", 4, 1, MAX_ROUNDS);
-	cfg.hotplug = env_long("APF_WL_HOTPLUG", 0, 0, 1);
+	cfg.procs = env_long("workload", "APF_WL_PROCS", 2, 1, MAX_PROCS);
+	cfg.threads = env_long("workload", "APF_WL_THREADS", 2, 1, MAX_THREADS);
+	cfg.mib = env_long("workload", "APF_WL_MIB", 96, 1, MAX_MIB);
+	cfg.rounds = env_long("workload", "APF_WL_ROUNDS", 4, 1, MAX_ROUNDS);
+	cfg.hotplug = env_long("workload", "APF_WL_HOTPLUG", 0, 0, 1);
 
 	ps = sysconf(_SC_PAGESIZE);
 	page_size = ps > 0 ? (size_t)ps : 4096;
