@@ -16,7 +16,7 @@ all: kernel
 help:
 	@echo "make run        boot the emulated arm64 KVM host and run the demo"
 	@echo "make soak-swap  run e2e-swap and e2e-swap-hidden SOAK_RUNS times each (default 20)"
-	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: a few minutes)"
+	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: about 16 min)"
 	@echo "make test       build everything and run every test (what CI runs)"
 	@echo "make test-debug the APF tests on a KASAN/lockdep/kmemleak host kernel"
 	@echo "make check      rustfmt, CLIPPY=1 build and checkpatch on the series"

@@ -15,7 +15,7 @@
 #   free:  nothing faults; compute-only and memory-touching loops.
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
 # interleaved. BENCH_QUICK=1: uffd1000 and swap on 2 vCPUs, and free,
-# 3 repetitions, fewer rounds (a few minutes). BENCH_OUT: the output
+# 3 repetitions, fewer rounds (about 16 minutes here). BENCH_OUT: the output
 # folder (default out/bench).
 source "$(dirname "$0")/lib.sh"
 
