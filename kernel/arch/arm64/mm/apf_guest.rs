@@ -50,8 +50,8 @@ const NOT_PRESENT: u32 = bindings::KVM_PV_REASON_PAGE_NOT_PRESENT;
 const READY: u32 = bindings::KVM_PV_REASON_PAGE_READY;
 const WAKE_ALL: u32 = bindings::KVM_ASYNC_PF_WAKE_ALL_TOKEN;
 /// `ESR_ELx_FSC_EXTABT`: the only fault status KVM uses for PAGE_NOT_PRESENT.
-const FSC_SEA: u64 = 0x10;
-const FSC_MASK: u64 = 0x3f;
+const FSC_SEA: u64 = bindings::ESR_ELx_FSC_EXTABT as u64;
+const FSC_MASK: u64 = bindings::ESR_ELx_FSC as u64;
 /// Table entries per CPU beyond the host's SLOTS, for early ready marks.
 const SPARE_ENTRIES: usize = 8;
 

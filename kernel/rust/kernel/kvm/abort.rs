@@ -11,20 +11,22 @@
 //! C headers: [`arch/arm64/include/asm/esr.h`](srctree/arch/arm64/include/asm/esr.h),
 //! [`arch/arm64/include/asm/kvm_emulate.h`](srctree/arch/arm64/include/asm/kvm_emulate.h).
 
-const EC_SHIFT: u32 = 26;
-const EC_MASK: u64 = 0x3f;
-const EC_IABT_LOW: u64 = 0x20;
-const EC_DABT_LOW: u64 = 0x24;
-const ISS_WNR: u64 = 1 << 6;
-const ISS_S1PTW: u64 = 1 << 7;
-const FSC_MASK: u64 = 0x3f;
-const FSC_TYPE_MASK: u64 = 0x3c;
-const FSC_TRANS: u64 = 0x04;
-const FSC_ACCESS: u64 = 0x08;
-const FSC_PERM: u64 = 0x0c;
-const PSR_MODE_MASK: u64 = 0xf;
-const PSR_MODE_EL0T: u64 = 0x0;
-const PSR_MODE32_BIT: u64 = 0x10;
+use crate::bindings;
+
+const EC_SHIFT: u32 = bindings::ESR_ELx_EC_SHIFT;
+const EC_MASK: u64 = bindings::ESR_ELx_EC_MASK >> EC_SHIFT;
+const EC_IABT_LOW: u64 = bindings::ESR_ELx_EC_IABT_LOW;
+const EC_DABT_LOW: u64 = bindings::ESR_ELx_EC_DABT_LOW;
+const ISS_WNR: u64 = 1 << bindings::ESR_ELx_WNR_SHIFT;
+const ISS_S1PTW: u64 = 1 << bindings::ESR_ELx_S1PTW_SHIFT;
+const FSC_MASK: u64 = bindings::ESR_ELx_FSC as u64;
+const FSC_TYPE_MASK: u64 = bindings::ESR_ELx_FSC_TYPE as u64;
+const FSC_TRANS: u64 = bindings::ESR_ELx_FSC_FAULT as u64;
+const FSC_ACCESS: u64 = bindings::ESR_ELx_FSC_ACCESS as u64;
+const FSC_PERM: u64 = bindings::ESR_ELx_FSC_PERM as u64;
+const PSR_MODE_MASK: u64 = bindings::PSR_MODE_MASK as u64;
+const PSR_MODE_EL0T: u64 = bindings::PSR_MODE_EL0t as u64;
+const PSR_MODE32_BIT: u64 = bindings::PSR_MODE32_BIT as u64;
 
 /// A guest abort taken to the hypervisor because of stage-2 translation.
 ///
