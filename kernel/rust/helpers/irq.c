@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
 #include <linux/irqflags.h>
+#include <linux/preempt.h>
+#include <linux/sched.h>
 #include <linux/smp.h>
 
 unsigned long rust_helper_local_irq_save(void)
@@ -29,3 +31,9 @@ void rust_helper_of_node_put(struct device_node *node)
 	of_node_put(node);
 }
 #endif
+
+void rust_helper_resched_current(void)
+{
+	set_tsk_need_resched(current);
+	set_preempt_need_resched();
+}

@@ -76,6 +76,18 @@ pub fn nr_cpu_ids() -> u32 {
     unsafe { bindings::nr_cpu_ids }
 }
 
+/// Makes the scheduler run on this CPU before it goes back to the task an
+/// interrupt interrupted (and, without kernel preemption, before that task
+/// next returns to user space), so that a task the handler woke competes
+/// for the CPU at once instead of at the next tick.
+///
+/// Any context may call it: it only flags the current task.
+pub fn resched_current() {
+    // SAFETY: Setting the need-resched flag of the current task is valid
+    // in any context; the scheduler clears it when it runs.
+    unsafe { bindings::resched_current() }
+}
+
 /// Whether an interrupt handler dealt with its interrupt (`irqreturn_t`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IrqReturn {
