@@ -101,10 +101,15 @@ impl Entry {
         }
     }
 
-    /// Wakes the waiter, if any; consumes the entry.
-    fn wake(self) {
-        if let Entry::Waiter { sleeper, .. } = self {
-            sleeper.done.complete();
+    /// Wakes the waiter, if any; consumes the entry. Returns whether a
+    /// task was woken.
+    fn wake(self) -> bool {
+        match self {
+            Entry::Waiter { sleeper, .. } => {
+                sleeper.done.complete();
+                true
+            }
+            Entry::Ready { .. } => false,
         }
     }
 }
@@ -258,55 +263,57 @@ impl Apf {
         }
     }
 
-    /// Handles PAGE_READY for `token`, received on `cpu`. Interrupts must be
-    /// masked (the caller holds a [`LocalIrqDisabled`] or is a handler).
-    fn ready(&self, token: u32, cpu: u32) {
+    /// Handles PAGE_READY for `token`, received on `cpu`; returns whether a
+    /// task was woken. Interrupts must be masked (the caller holds a
+    /// [`LocalIrqDisabled`] or is a handler).
+    fn ready(&self, token: u32, cpu: u32) -> bool {
         self.stats.ready.fetch_add(1, Ordering::Relaxed);
         if token == WAKE_ALL {
             self.stats.wake_all.fetch_add(1, Ordering::Relaxed);
-            self.wake_cpu(cpu);
-            return;
+            return self.wake_cpu(cpu);
         }
         let mut table = self.table.lock();
         let is_waiter = |e: &Entry| matches!(e, Entry::Waiter { token: t, .. } if *t == token);
         match scan(&table, is_waiter) {
-            Scan::Found(i) => {
-                if let Some(e) = table[i].take() {
-                    e.wake();
-                }
-            }
+            Scan::Found(i) => table[i].take().is_some_and(Entry::wake),
             Scan::Free(i) => {
                 self.stats.early_ready.fetch_add(1, Ordering::Relaxed);
                 table[i] = Some(Entry::Ready { token, cpu });
+                false
             }
             Scan::Full => {
                 self.stats.table_full.fetch_add(1, Ordering::Relaxed);
+                false
             }
         }
     }
 
     /// Wakes every task parked on a token `cpu` received, and forgets that
-    /// CPU's ready marks. Interrupts must be masked.
-    fn wake_cpu(&self, cpu: u32) {
+    /// CPU's ready marks; returns whether a task was woken. Interrupts must
+    /// be masked.
+    fn wake_cpu(&self, cpu: u32) -> bool {
         let mut table = self.table.lock();
+        let mut woke = false;
         for slot in table.iter_mut() {
             if slot.as_ref().is_some_and(|e| e.cpu() == cpu) {
                 if let Some(e) = slot.take() {
-                    e.wake();
+                    woke |= e.wake();
                 }
             }
         }
+        woke
     }
 
-    /// Consumes a PAGE_READY waiting in `cpu`'s block, if there is one.
-    /// Interrupts must be masked.
-    fn consume_ready(&self, cpu: u32) {
+    /// Consumes a PAGE_READY waiting in `cpu`'s block, if there is one;
+    /// returns whether it woke a task. Interrupts must be masked.
+    fn consume_ready(&self, cpu: u32) -> bool {
         let block = &self.blocks[cpu as usize];
-        if block.reason.load(Ordering::Acquire) == READY {
-            let token = block.token.load(Ordering::Relaxed);
-            block.reason.store(0, Ordering::Release);
-            self.ready(token, cpu);
+        if block.reason.load(Ordering::Acquire) != READY {
+            return false;
         }
+        let token = block.token.load(Ordering::Relaxed);
+        block.reason.store(0, Ordering::Release);
+        self.ready(token, cpu)
     }
 
     /// Registers this CPU's block with the host.
@@ -353,13 +360,15 @@ impl PercpuHandler for ReadyIrq {
         let Some(apf) = apf() else {
             return IrqReturn::None;
         };
-        apf.consume_ready(cpu);
+        let woke = apf.consume_ready(cpu);
         // Lets the host lower the line and send the next event.
         apf_call(bindings::KVM_ASYNC_PF_CALL_ACK, 0, 0);
-        // The task just woken has waited for I/O: let it compete for this
+        // A task just woken has waited for I/O: let it compete for this
         // CPU now rather than at the next tick, which costs more than the
         // fetch itself when swap-ins are fast.
-        irq::resched_current();
+        if woke {
+            irq::resched_current();
+        }
         IrqReturn::Handled
     }
 }
