@@ -199,15 +199,41 @@ impl<H: PercpuHandler> Drop for PercpuIrq<H> {
 /// Maps a GIC PPI, given by its INTID (16 to 31), to a Linux interrupt
 /// number, level-triggered and active high.
 ///
-/// The GIC is found as the interrupt parent of the device tree's root, and
-/// the specifier is the three-cell one of the GICv2 and GICv3 bindings.
-/// Returns `ENODEV` on a system not described by a device tree.
+/// The GIC is found the way the firmware describes it: through ACPI (the
+/// MADT), where a PPI is a GSI of the GIC's interrupt domain, or through the
+/// device tree, as the interrupt parent of the root with the three-cell
+/// specifier of the GICv2 and GICv3 bindings. Returns `ENODEV` if neither
+/// describes the system.
+///
+/// Process context: it may allocate and sleep.
 pub fn gic_ppi(intid: u32) -> Result<u32> {
-    /// `GIC_PPI` of `dt-bindings/interrupt-controller/arm-gic.h`.
-    const GIC_PPI: u32 = 1;
     if !(16..32).contains(&intid) {
         return Err(EINVAL);
     }
+    #[cfg(CONFIG_ACPI)]
+    // SAFETY: `acpi_disabled` is set during early boot and not written after.
+    if unsafe { bindings::acpi_disabled } == 0 {
+        return acpi_ppi(intid);
+    }
+    #[cfg(CONFIG_OF)]
+    return of_ppi(intid);
+    #[cfg(not(CONFIG_OF))]
+    Err(ENODEV)
+}
+
+#[cfg(CONFIG_ACPI)]
+fn acpi_ppi(intid: u32) -> Result<u32> {
+    let (level, high) = (bindings::ACPI_LEVEL_SENSITIVE, bindings::ACPI_ACTIVE_HIGH);
+    // SAFETY: A NULL device is allowed; the GSI is checked above to be a
+    // PPI, which the GIC's ACPI domain maps per CPU.
+    let virq = unsafe { bindings::acpi_register_gsi(core::ptr::null_mut(), intid, level as _, high as _) };
+    u32::try_from(virq).ok().filter(|v| *v != 0).ok_or(ENXIO)
+}
+
+#[cfg(CONFIG_OF)]
+fn of_ppi(intid: u32) -> Result<u32> {
+    /// `GIC_PPI` of `dt-bindings/interrupt-controller/arm-gic.h`.
+    const GIC_PPI: u32 = 1;
     // SAFETY: `of_root` is set up during early boot; `of_irq_find_parent()`
     // accepts NULL and returns a node with a reference taken, or NULL.
     let gic = unsafe { bindings::of_irq_find_parent(bindings::of_root) };

@@ -5,18 +5,20 @@
 //! When a user task touches memory the host has to fetch first, KVM may
 //! answer with PAGE_NOT_PRESENT instead of stalling the vCPU: it writes a
 //! token into this CPU's control block and injects a synchronous external
-//! abort at the faulting instruction. [`kvm_apf_guest_user_abort`], called
-//! first by the arm64 abort handler, parks the task on the token and lets
-//! the CPU run other work. When the page is in, KVM writes PAGE_READY with
-//! the same token and raises a PPI; [`ReadyIrq`] wakes the task, which
-//! returns to user space and repeats the access.
+//! abort at the faulting instruction. The arm64 entry code asks
+//! [`kvm_apf_guest_take`] about every abort from user space before it
+//! unmasks interrupts, so the block read is the one of the CPU that took the
+//! abort and nothing can run in between. If it was PAGE_NOT_PRESENT, the
+//! task is registered as the waiter for the token, the block is freed, and
+//! after unmasking [`kvm_apf_guest_wait`] sleeps until the page is ready.
+//! When it is, KVM writes PAGE_READY with the same token and raises a PPI;
+//! [`ReadyIrq`] wakes the task, which returns to user space and repeats the
+//! access.
 //!
-//! Parked tasks live in one table shared by all CPUs, locked only with local
-//! interrupts masked because the PPI handler uses it too. A task registers
-//! in the table *before* it frees the block, and the host sends nothing into
-//! a block that is not free, so a PAGE_READY can never overtake its waiter
-//! on this CPU. A PAGE_READY for a token nobody waits on is kept as a "ready"
-//! entry, which the task consumes when it gets to park.
+//! Waiters are found by token in one [`Table`] shared by all CPUs, so a task
+//! may be preempted or migrated while it waits, and the PAGE_READY may be
+//! handled on any CPU. The table uses raw spinlocks and allocates nothing
+//! after boot, so the interrupt handler is valid under `PREEMPT_RT` too.
 //!
 //! Protocol: [`Documentation/virt/kvm/arm/apf.rst`](srctree/Documentation/virt/kvm/arm/apf.rst),
 //! ABI: [`arch/arm64/include/uapi/asm/kvm_para.h`](srctree/arch/arm64/include/uapi/asm/kvm_para.h).
@@ -25,17 +27,17 @@ use core::{
     ffi::{c_char, c_int},
     fmt::Write,
     ptr,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering},
 };
 use kernel::{
     arm_smccc, bindings, c_str, cpuhp,
     irq::{self, IrqReturn, LocalIrqDisabled, PercpuHandler, PercpuIrq},
     macros::export,
-    new_spinlock,
-    notifier::{Chain, Notifier, NotifierHandler},
+    new_raw_spinlock_irq,
+    notifier::{Chain, Notifier, NotifierHandler, Syscore, SyscoreHandler},
     prelude::*,
     proc_fs::{SeqFile, ShowSingle, SingleFile},
-    sync::{Arc, Completion, SpinLock},
+    sync::{Completion, RawSpinLockIrq},
 };
 
 module! {
@@ -52,8 +54,23 @@ const WAKE_ALL: u32 = bindings::KVM_ASYNC_PF_WAKE_ALL_TOKEN;
 /// `ESR_ELx_FSC_EXTABT`: the only fault status KVM uses for PAGE_NOT_PRESENT.
 const FSC_SEA: u64 = bindings::ESR_ELx_FSC_EXTABT as u64;
 const FSC_MASK: u64 = bindings::ESR_ELx_FSC as u64;
-/// Table entries per CPU beyond the host's SLOTS, for early ready marks.
+/// The most SLOTS accepted from the host. KVM offers 64; a larger value is
+/// taken as a broken host rather than sized for.
+const MAX_SLOTS: u64 = 1024;
+/// Table entries per CPU beyond the host's SLOTS: room for a PAGE_READY
+/// handled before its task registered, which the protocol allows.
 const SPARE_ENTRIES: usize = 8;
+/// The table has `1 << HASH_BITS` chains.
+const HASH_BITS: u32 = 6;
+/// The end of a chain, or of the free list.
+const NIL: u32 = u32::MAX;
+
+/// A ticket [`kvm_apf_guest_take`] returns: the abort was not an APF.
+const TICKET_NONE: u32 = 0;
+/// A ticket: the abort was an APF, but the task need not wait (its token was
+/// ready already, or there was no room to wait: the retry then makes the
+/// host resolve the fault synchronously).
+const TICKET_RETRY: u32 = u32::MAX;
 
 /// Set by the `no-kvmapf` boot parameter.
 static NO_KVMAPF: AtomicBool = AtomicBool::new(false);
@@ -75,67 +92,299 @@ const _: () = assert!(
 const _: () =
     assert!(core::mem::align_of::<Block>() == bindings::KVM_ASYNC_PF_BLOCK_ALIGN as usize);
 
-/// A task parked on a token.
+/// What a [`Slot`] of the table holds.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+enum State {
+    /// On the free list.
+    Free,
+    /// A task waits for the token.
+    Waiting,
+    /// The token is ready and the waiter was woken; the waiter frees it.
+    Woken,
+    /// The waiter was killed before its token was ready; the PAGE_READY
+    /// (or the wake-all) for the token frees it.
+    Abandoned,
+    /// The token became ready before its task registered; the task frees it.
+    Ready,
+}
+
+impl State {
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => Self::Waiting,
+            2 => Self::Woken,
+            3 => Self::Abandoned,
+            4 => Self::Ready,
+            _ => Self::Free,
+        }
+    }
+}
+
+/// An entry of the [`Table`].
+///
+/// A slot linked into a chain belongs to that chain's lock; a free slot to
+/// the free list's lock; a slot in state [`State::Woken`], which is on no
+/// list, to the task that waited in it. The fields are atomics only so that
+/// this sharing can be written in safe code: the locks order the accesses,
+/// and every access is relaxed.
 #[pin_data]
-struct Sleeper {
+struct Slot {
+    token: AtomicU32,
+    /// The CPU whose block carried the token.
+    cpu: AtomicU32,
+    state: AtomicU8,
+    /// The next slot of the chain or of the free list, or [`NIL`].
+    next: AtomicU32,
     #[pin]
     done: Completion,
 }
 
-/// An entry of the table of tokens.
-enum Entry {
-    /// A task waits for `token`, which CPU `cpu` received.
-    Waiter {
-        token: u32,
-        cpu: u32,
-        sleeper: Arc<Sleeper>,
-    },
-    /// `token` became ready, on CPU `cpu`, before its task parked.
-    Ready { token: u32, cpu: u32 },
-}
-
-impl Entry {
-    fn cpu(&self) -> u32 {
-        match self {
-            Entry::Waiter { cpu, .. } | Entry::Ready { cpu, .. } => *cpu,
-        }
+impl Slot {
+    fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Relaxed))
     }
 
-    /// Wakes the waiter, if any; consumes the entry. Returns whether a
-    /// task was woken.
-    fn wake(self) -> bool {
-        match self {
-            Entry::Waiter { sleeper, .. } => {
-                sleeper.done.complete();
-                true
+    fn set_state(&self, state: State) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    fn next(&self) -> u32 {
+        self.next.load(Ordering::Relaxed)
+    }
+}
+
+/// What [`Table::ready`] did.
+#[derive(PartialEq, Eq)]
+enum Woke {
+    /// Woke the waiting task.
+    Task,
+    /// Freed the entry of a task that had been killed.
+    Abandoned,
+    /// Remembered the token for a task yet to register.
+    Early,
+    /// Nothing: a token already ready, or no room to remember it.
+    Nothing,
+}
+
+/// Tokens and the tasks that wait for them, shared by all CPUs.
+///
+/// A hash table of chains of [`Slot`]s, each chain under its own raw
+/// spinlock, taken with interrupts masked, as the PAGE_READY handler takes
+/// it too. Every slot is allocated at boot: nothing is allocated or freed
+/// when a task waits or is woken. The host has at most SLOTS tokens pending
+/// per vCPU, and a slot is in use only for a pending token or for a token
+/// that became ready before its task registered, so `nr_cpus * (SLOTS +
+/// SPARE_ENTRIES)` slots do not run out with a host that keeps to the
+/// protocol; if they do, the task retries instead of waiting and the host
+/// resolves the fault synchronously, which is counted.
+///
+/// Lock order: a chain's lock, then the free list's.
+struct Table {
+    chains: KVec<Pin<KBox<RawSpinLockIrq<u32>>>>,
+    slots: KVec<Pin<KBox<Slot>>>,
+    free: Pin<KBox<RawSpinLockIrq<u32>>>,
+}
+
+impl Table {
+    fn new(entries: usize) -> Result<Self> {
+        let nr = u32::try_from(entries).ok().filter(|n| *n < NIL).ok_or(EINVAL)?;
+        let mut slots = KVec::with_capacity(entries, GFP_KERNEL)?;
+        for i in 0..nr {
+            let next = if i + 1 < nr { i + 1 } else { NIL };
+            let slot = pin_init!(Slot {
+                token: AtomicU32::new(0),
+                cpu: AtomicU32::new(0),
+                state: AtomicU8::new(State::Free as u8),
+                next: AtomicU32::new(next),
+                done <- Completion::new(),
+            });
+            slots.push(KBox::pin_init(slot, GFP_KERNEL)?, GFP_KERNEL)?;
+        }
+        let mut chains = KVec::with_capacity(1 << HASH_BITS, GFP_KERNEL)?;
+        for _ in 0..1 << HASH_BITS {
+            let chain = KBox::pin_init(new_raw_spinlock_irq!(NIL, "apf_guest::chain"), GFP_KERNEL)?;
+            chains.push(chain, GFP_KERNEL)?;
+        }
+        let head = if nr > 0 { 0 } else { NIL };
+        let free = KBox::pin_init(new_raw_spinlock_irq!(head, "apf_guest::free"), GFP_KERNEL)?;
+        Ok(Self {
+            chains,
+            slots,
+            free,
+        })
+    }
+
+    fn chain(&self, token: u32) -> &RawSpinLockIrq<u32> {
+        // `hash_32()`: the host builds tokens from a vCPU index and a
+        // sequence number, which the multiplication spreads.
+        let hash = token.wrapping_mul(0x61c8_8647) >> (32 - HASH_BITS);
+        &self.chains[hash as usize]
+    }
+
+    fn slot(&self, i: u32) -> &Slot {
+        &self.slots[i as usize]
+    }
+
+    /// Finds `token` in the chain that starts at `head`; returns its slot
+    /// and the one before it, or [`NIL`]. The chain's lock must be held.
+    fn find(&self, head: u32, token: u32) -> Option<(u32, u32)> {
+        let (mut prev, mut i) = (NIL, head);
+        while i != NIL {
+            if self.slot(i).token.load(Ordering::Relaxed) == token {
+                return Some((prev, i));
             }
-            Entry::Ready { .. } => false,
+            prev = i;
+            i = self.slot(i).next();
         }
+        None
+    }
+
+    /// Takes slot `i`, after `prev`, out of the chain whose head is `head`.
+    fn unlink(&self, head: &mut u32, prev: u32, i: u32) {
+        let next = self.slot(i).next();
+        match prev {
+            NIL => *head = next,
+            p => self.slot(p).next.store(next, Ordering::Relaxed),
+        }
+    }
+
+    /// Takes a free slot for `token`, received on `cpu`, and links it into
+    /// the chain whose head is `head`, the token's.
+    fn insert(&self, head: &mut u32, token: u32, cpu: u32, state: State) -> Option<u32> {
+        let i = {
+            let mut free = self.free.lock();
+            let i = *free;
+            if i == NIL {
+                return None;
+            }
+            *free = self.slot(i).next();
+            i
+        };
+        let slot = self.slot(i);
+        slot.token.store(token, Ordering::Relaxed);
+        slot.cpu.store(cpu, Ordering::Relaxed);
+        slot.set_state(state);
+        slot.next.store(*head, Ordering::Relaxed);
+        *head = i;
+        Some(i)
+    }
+
+    /// Puts slot `i`, which is on no chain, back on the free list.
+    fn release(&self, i: u32) {
+        let slot = self.slot(i);
+        slot.set_state(State::Free);
+        let mut free = self.free.lock();
+        slot.next.store(*free, Ordering::Relaxed);
+        *free = i;
+    }
+
+    /// Registers the current task as the waiter for `token`, received on
+    /// `cpu`. Returns the slot to wait in, or why the task must not wait.
+    fn register(&self, token: u32, cpu: u32) -> core::result::Result<u32, Refused> {
+        let mut head = self.chain(token).lock();
+        match self.find(*head, token) {
+            Some((prev, i)) if self.slot(i).state() == State::Ready => {
+                self.unlink(&mut head, prev, i);
+                self.release(i);
+                Err(Refused::Ready)
+            }
+            Some(_) => Err(Refused::Duplicate),
+            None => self
+                .insert(&mut head, token, cpu, State::Waiting)
+                .ok_or(Refused::Full),
+        }
+    }
+
+    /// Handles PAGE_READY for `token`, received on `cpu`.
+    fn ready(&self, token: u32, cpu: u32) -> Woke {
+        let mut head = self.chain(token).lock();
+        let Some((prev, i)) = self.find(*head, token) else {
+            return match self.insert(&mut head, token, cpu, State::Ready) {
+                Some(_) => Woke::Early,
+                None => Woke::Nothing,
+            };
+        };
+        let slot = self.slot(i);
+        match slot.state() {
+            State::Waiting => {
+                self.unlink(&mut head, prev, i);
+                slot.set_state(State::Woken);
+                // Under the chain's lock, so that a waiter being killed sees
+                // either `Waiting` or a completion it can consume.
+                slot.done.complete();
+                Woke::Task
+            }
+            State::Abandoned => {
+                self.unlink(&mut head, prev, i);
+                self.release(i);
+                Woke::Abandoned
+            }
+            State::Free | State::Woken | State::Ready => Woke::Nothing,
+        }
+    }
+
+    /// Waits in slot `i` until its token is ready or the task is killed.
+    /// Returns `false` if it was killed.
+    fn wait(&self, i: u32) -> bool {
+        let slot = self.slot(i);
+        if slot.done.wait_killable().is_ok() {
+            self.release(i);
+            return true;
+        }
+        let head = self.chain(slot.token.load(Ordering::Relaxed)).lock();
+        if slot.state() == State::Waiting {
+            // The PAGE_READY for the token still comes, and frees the slot.
+            slot.set_state(State::Abandoned);
+            return false;
+        }
+        drop(head);
+        // Woken meanwhile: consume the completion, so that the slot's next
+        // waiter does not return at once.
+        slot.done.try_wait();
+        self.release(i);
+        false
+    }
+
+    /// Wakes every task waiting for a token `cpu` received, and frees that
+    /// CPU's other entries: after a wake-all or DISABLE no PAGE_READY comes
+    /// for them. Takes one chain's lock at a time. Returns whether a task
+    /// was woken.
+    fn wake_cpu(&self, cpu: u32) -> bool {
+        let mut woke = false;
+        for chain in &self.chains {
+            let mut head = chain.lock();
+            let (mut prev, mut i) = (NIL, *head);
+            while i != NIL {
+                let slot = self.slot(i);
+                let next = slot.next();
+                if slot.cpu.load(Ordering::Relaxed) != cpu {
+                    prev = i;
+                } else {
+                    self.unlink(&mut head, prev, i);
+                    if slot.state() == State::Waiting {
+                        slot.set_state(State::Woken);
+                        slot.done.complete();
+                        woke = true;
+                    } else {
+                        self.release(i);
+                    }
+                }
+                i = next;
+            }
+        }
+        woke
     }
 }
 
-/// What one pass over the table found.
-enum Scan {
-    /// The index of the first entry that matched.
-    Found(usize),
-    /// No match; the index of the first free slot.
-    Free(usize),
-    /// No match and no free slot.
+/// Why a task received a token but does not wait for it.
+enum Refused {
+    /// The token is ready already.
+    Ready,
+    /// The token is pending already, which the host never does.
+    Duplicate,
+    /// No free slot, which a host that keeps to SLOTS never causes.
     Full,
-}
-
-/// Looks for an entry `is_match` accepts, noting the first free slot on the
-/// way, so that a miss costs no second pass (interrupts are masked).
-fn scan(table: &[Option<Entry>], is_match: impl Fn(&Entry) -> bool) -> Scan {
-    let mut free = None;
-    for (i, slot) in table.iter().enumerate() {
-        match slot {
-            Some(e) if is_match(e) => return Scan::Found(i),
-            None if free.is_none() => free = Some(i),
-            _ => {}
-        }
-    }
-    free.map_or(Scan::Full, Scan::Free)
 }
 
 /// Events handled, shown in `/proc/kvm_apf`.
@@ -144,20 +393,21 @@ struct Stats {
     not_present: AtomicU64,
     ready: AtomicU64,
     wake_all: AtomicU64,
-    interrupted: AtomicU64,
+    /// Waiters killed before their token was ready.
+    killed: AtomicU64,
+    /// Waiters that resumed on a CPU other than the one that took the event.
+    migrated: AtomicU64,
     early_ready: AtomicU64,
-    table_full: AtomicU64,
+    /// Tokens not waited for: no room, or received twice.
+    refused: AtomicU64,
+    /// PAGE_READYs for a token that was neither waited for nor rememberable.
+    unmatched: AtomicU64,
 }
 
-#[pin_data]
 struct Apf {
     /// Control blocks, indexed by CPU number.
     blocks: KVec<Block>,
-    /// Tokens parked or marked ready. Only locked with local interrupts
-    /// masked, as [`ReadyIrq`] locks it too. Fixed size: no allocation
-    /// happens under the lock.
-    #[pin]
-    table: SpinLock<KVec<Option<Entry>>>,
+    table: Table,
     irq: PercpuIrq<ReadyIrq>,
     /// Whether the host has this CPU's block, indexed by CPU number.
     enabled: KVec<AtomicBool>,
@@ -185,13 +435,17 @@ fn apf_query(call: u32) -> Result<u64> {
     }
 }
 
+fn count(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
 impl Apf {
     fn enabled_cpus(&self) -> u64 {
         let on = self.enabled.iter().filter(|e| e.load(Ordering::Relaxed));
         on.count() as u64
     }
 
-    fn counters(&self) -> [(&'static str, u64); 7] {
+    fn counters(&self) -> [(&'static str, u64); 9] {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
@@ -199,112 +453,79 @@ impl Apf {
             ("not_present", get(&s.not_present)),
             ("ready", get(&s.ready)),
             ("wake_all", get(&s.wake_all)),
-            ("interrupted", get(&s.interrupted)),
+            ("killed", get(&s.killed)),
+            ("migrated", get(&s.migrated)),
             ("early_ready", get(&s.early_ready)),
-            ("table_full", get(&s.table_full)),
+            ("refused", get(&s.refused)),
+            ("unmatched", get(&s.unmatched)),
         ]
     }
 
-    /// Consumes PAGE_NOT_PRESENT if this CPU's block holds one, and parks
-    /// the current task until its token is ready. Returns whether the abort
-    /// was an APF.
-    fn not_present(&self) -> bool {
-        // Allocated before we know, so that nothing allocates under the
-        // lock; an external abort from user space is rare otherwise.
-        let sleeper = Arc::pin_init(pin_init!(Sleeper { done <- Completion::new() }), GFP_KERNEL);
-        let parked = {
-            let irqs_off = LocalIrqDisabled::new();
-            let cpu = irqs_off.cpu();
-            let block = &self.blocks[cpu as usize];
-            if block.reason.load(Ordering::Acquire) != NOT_PRESENT {
-                return false;
-            }
-            let token = block.token.load(Ordering::Relaxed);
-            let parked = self.park(token, cpu, sleeper.as_ref().ok());
-            // Only now may the host deliver the next event into the block.
-            block.reason.store(0, Ordering::Release);
-            self.stats.not_present.fetch_add(1, Ordering::Relaxed);
-            parked
-        };
-        // A signal ends the wait early: the entry stays in the table, so the
-        // PAGE_READY still consumes the token, and the access is retried.
-        if let (true, Ok(sleeper)) = (parked, sleeper) {
-            if sleeper.done.wait_interruptible().is_err() {
-                self.stats.interrupted.fetch_add(1, Ordering::Relaxed);
-            }
+    /// Takes PAGE_NOT_PRESENT from this CPU's block, if it holds one, and
+    /// registers the current task as its waiter. Interrupts are masked since
+    /// the exception entry, so this is the CPU that took the abort.
+    fn take(&self) -> u32 {
+        let irqs_off = LocalIrqDisabled::new();
+        let cpu = irqs_off.cpu();
+        let block = &self.blocks[cpu as usize];
+        if block.reason.load(Ordering::Acquire) != NOT_PRESENT {
+            return TICKET_NONE;
         }
-        true
+        let token = block.token.load(Ordering::Relaxed);
+        let ticket = match self.table.register(token, cpu) {
+            Ok(i) => i + 1,
+            Err(Refused::Ready) => TICKET_RETRY,
+            Err(Refused::Duplicate | Refused::Full) => {
+                count(&self.stats.refused);
+                TICKET_RETRY
+            }
+        };
+        // Only now may the host deliver the next event into the block: the
+        // waiter is registered, so its PAGE_READY cannot overtake it.
+        block.reason.store(0, Ordering::Release);
+        count(&self.stats.not_present);
+        ticket
     }
 
-    /// Records that `sleeper` waits for `token`, received on `cpu`. Returns
-    /// `false` if the task must not sleep: the token is ready already, or
-    /// there is no room (then retrying the access is still correct: the
-    /// host faults the page in synchronously). Interrupts must be masked.
-    fn park(&self, token: u32, cpu: u32, sleeper: Option<&Arc<Sleeper>>) -> bool {
-        let mut table = self.table.lock();
-        let is_mark = |e: &Entry| matches!(e, Entry::Ready { token: t, .. } if *t == token);
-        match (scan(&table, is_mark), sleeper) {
-            (Scan::Found(i), _) => {
-                table[i] = None;
-                false
-            }
-            (Scan::Free(i), Some(sleeper)) => {
-                table[i] = Some(Entry::Waiter {
-                    token,
-                    cpu,
-                    sleeper: sleeper.clone(),
-                });
-                true
-            }
-            _ => {
-                self.stats.table_full.fetch_add(1, Ordering::Relaxed);
-                false
-            }
+    /// Sleeps until the token of `ticket` is ready. Called with interrupts
+    /// unmasked; the task may be preempted and migrated meanwhile.
+    fn wait(&self, ticket: u32) {
+        if ticket == TICKET_NONE || ticket == TICKET_RETRY {
+            return;
+        }
+        let slot = ticket - 1;
+        let took = self.table.slot(slot).cpu.load(Ordering::Relaxed);
+        if !self.table.wait(slot) {
+            count(&self.stats.killed);
+        }
+        if cpu_now() != took {
+            count(&self.stats.migrated);
         }
     }
 
     /// Handles PAGE_READY for `token`, received on `cpu`; returns whether a
-    /// task was woken. Interrupts must be masked (the caller holds a
-    /// [`LocalIrqDisabled`] or is a handler).
+    /// task was woken.
     fn ready(&self, token: u32, cpu: u32) -> bool {
-        self.stats.ready.fetch_add(1, Ordering::Relaxed);
+        count(&self.stats.ready);
         if token == WAKE_ALL {
-            self.stats.wake_all.fetch_add(1, Ordering::Relaxed);
-            return self.wake_cpu(cpu);
+            count(&self.stats.wake_all);
+            return self.table.wake_cpu(cpu);
         }
-        let mut table = self.table.lock();
-        let is_waiter = |e: &Entry| matches!(e, Entry::Waiter { token: t, .. } if *t == token);
-        match scan(&table, is_waiter) {
-            Scan::Found(i) => table[i].take().is_some_and(Entry::wake),
-            Scan::Free(i) => {
-                self.stats.early_ready.fetch_add(1, Ordering::Relaxed);
-                table[i] = Some(Entry::Ready { token, cpu });
+        match self.table.ready(token, cpu) {
+            Woke::Task => true,
+            Woke::Abandoned => false,
+            Woke::Early => {
+                count(&self.stats.early_ready);
                 false
             }
-            Scan::Full => {
-                self.stats.table_full.fetch_add(1, Ordering::Relaxed);
+            Woke::Nothing => {
+                count(&self.stats.unmatched);
                 false
             }
         }
     }
 
-    /// Wakes every task parked on a token `cpu` received, and forgets that
-    /// CPU's ready marks; returns whether a task was woken. Interrupts must
-    /// be masked.
-    fn wake_cpu(&self, cpu: u32) -> bool {
-        let mut table = self.table.lock();
-        let mut woke = false;
-        for slot in table.iter_mut() {
-            if slot.as_ref().is_some_and(|e| e.cpu() == cpu) {
-                if let Some(e) = slot.take() {
-                    woke |= e.wake();
-                }
-            }
-        }
-        woke
-    }
-
-    /// Consumes a PAGE_READY waiting in `cpu`'s block, if there is one;
+    /// Consumes the event waiting in `cpu`'s block, if there is one;
     /// returns whether it woke a task. Interrupts must be masked.
     fn consume_ready(&self, cpu: u32) -> bool {
         let block = &self.blocks[cpu as usize];
@@ -336,20 +557,32 @@ impl Apf {
 
     /// Unregisters this CPU's block: afterwards the host no longer writes
     /// it, and no PAGE_READY comes for the tokens it received, so their
-    /// tasks are woken here.
+    /// tasks are woken here. Runs on `cpu`.
     fn disable_cpu(&self, cpu: u32) {
         if !self.enabled[cpu as usize].swap(false, Ordering::Relaxed) {
             return;
         }
         {
+            // No abort can be taken on this CPU meanwhile, so the block
+            // cannot change under us once DISABLE returned.
             let _irqs_off = LocalIrqDisabled::new();
             apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0);
-            // An event delivered before DISABLE counts as delivered.
+            // A PAGE_READY delivered before DISABLE counts as delivered.
             self.consume_ready(cpu);
-            self.wake_cpu(cpu);
+            // A PAGE_NOT_PRESENT cannot be in the block: its abort is taken
+            // before the guest runs on, and taken with interrupts masked.
+            // Should one be, its token died with DISABLE: free the block so
+            // that nobody waits for it.
+            self.blocks[cpu as usize].reason.store(0, Ordering::Release);
+            self.table.wake_cpu(cpu);
         }
         self.irq.disable_local();
     }
+}
+
+/// The number of the CPU the caller runs on, which may be stale at once.
+fn cpu_now() -> u32 {
+    LocalIrqDisabled::new().cpu()
 }
 
 /// The PAGE_READY interrupt.
@@ -381,8 +614,10 @@ impl cpuhp::CpuHotplug for Hotplug {
     fn online(cpu: u32) -> Result {
         match apf() {
             Some(apf) => apf.enable_cpu(cpu),
-            // APF is offered but off here (`no-kvmapf`, or a kexec'd or
-            // crash kernel): make sure a previous kernel's block is gone.
+            // APF is offered but off here (`no-kvmapf`, a crash kernel):
+            // make sure a previous kernel's block is gone. A crash kernel
+            // gets here before user space runs, and so before any fault
+            // could be reported into the old kernel's block.
             None => drop(apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0)),
         }
         Ok(())
@@ -423,8 +658,31 @@ impl NotifierHandler for Shutdown {
                     wa.load(Ordering::Relaxed)
                 );
             }
-            // Other CPUs are stopped: no locks, only the hypercall.
+            // Other CPUs are stopped: no locks, only the hypercall. A crash
+            // kernel started by panic() runs before this: it disables the
+            // blocks itself (`Hotplug::online`).
             Chain::Panic => drop(apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0)),
+        }
+    }
+}
+
+/// Takes the block back before a system sleep and hibernation, whose image
+/// may be restored by another kernel, and before `KEXEC_JUMP`; registers it
+/// again on resume. Runs on the one CPU left online, with interrupts
+/// masked; the other CPUs went through [`Hotplug`].
+struct Sleep;
+
+impl SyscoreHandler for Sleep {
+    fn suspend() -> Result {
+        if let Some(apf) = apf() {
+            apf.disable_cpu(cpu_now());
+        }
+        Ok(())
+    }
+
+    fn resume() {
+        if let Some(apf) = apf() {
+            apf.enable_cpu(cpu_now());
         }
     }
 }
@@ -463,12 +721,20 @@ fn probe() -> Result<Probe> {
         pr_info!("disabled by no-kvmapf\n");
         return Ok(Probe::Off);
     }
+    if kernel::notifier::is_kdump_kernel() {
+        pr_info!("not used in a crash kernel\n");
+        return Ok(Probe::Off);
+    }
     let version = apf_query(bindings::KVM_ASYNC_PF_CALL_VERSION)?;
     if version >> 16 != (bindings::KVM_ASYNC_PF_VERSION_1_0 >> 16).into() {
         pr_info!("unsupported version {version:#x}\n");
         return Ok(Probe::Off);
     }
     let slots = apf_query(bindings::KVM_ASYNC_PF_CALL_SLOTS)?;
+    if !(1..=MAX_SLOTS).contains(&slots) {
+        pr_warn!("the host offers {slots} slots, expected 1 to {MAX_SLOTS}\n");
+        return Ok(Probe::Off);
+    }
     let intid = apf_query(bindings::KVM_ASYNC_PF_CALL_IRQ)?;
     let virq = irq::gic_ppi(u32::try_from(intid).map_err(|_| EINVAL)?)?;
 
@@ -484,26 +750,24 @@ fn probe() -> Result<Probe> {
         blocks.push(block, GFP_KERNEL)?;
         enabled.push(AtomicBool::new(false), GFP_KERNEL)?;
     }
-    let entries = cpus * (usize::try_from(slots).map_err(|_| EINVAL)? + SPARE_ENTRIES);
-    let mut table = KVec::with_capacity(entries, GFP_KERNEL)?;
-    for _ in 0..entries {
-        table.push(None, GFP_KERNEL)?;
-    }
+    // `slots` is at most MAX_SLOTS, so this cannot overflow.
+    let table = Table::new(cpus * (slots as usize + SPARE_ENTRIES))?;
     let irq = PercpuIrq::request(virq, c_str!("kvm-apf"))?;
-    let apf = KBox::pin_init(
-        pin_init!(Apf {
+    let apf = KBox::new(
+        Apf {
             blocks,
-            table <- new_spinlock!(table, "apf_guest::table"),
+            table,
             irq,
             enabled,
             stats: Stats::default(),
-        }),
+        },
         GFP_KERNEL,
     )?;
-    // SAFETY: The state is never moved out of its allocation, which is
-    // leaked here to live as long as the kernel.
-    let apf = KBox::into_raw(unsafe { Pin::into_inner_unchecked(apf) });
-    APF.store(apf, Ordering::Release);
+    // The state is leaked here to live as long as the kernel.
+    APF.store(KBox::into_raw(apf), Ordering::Release);
+    // SAFETY: `kvm_apf_key` is a static key defined by the entry code; it
+    // is enabled once, from process context, after the state is published.
+    unsafe { bindings::static_key_enable(ptr::addr_of_mut!(bindings::kvm_apf_key.key)) };
     pr_info!("version {version:#x}, {slots} slots, PPI {intid}\n");
     Ok(Probe::On)
 }
@@ -512,6 +776,7 @@ struct ApfGuest {
     _hotplug: Option<cpuhp::Registration<Hotplug>>,
     _reboot: Option<Notifier<Shutdown>>,
     _panic: Option<Notifier<Shutdown>>,
+    _sleep: Option<Syscore<Sleep>>,
     _proc: Option<SingleFile<ProcFile>>,
 }
 
@@ -525,6 +790,7 @@ impl kernel::Module for ApfGuest {
             _hotplug: None,
             _reboot: None,
             _panic: None,
+            _sleep: None,
             _proc: None,
         };
         if matches!(probe, Probe::Absent) {
@@ -534,21 +800,33 @@ impl kernel::Module for ApfGuest {
         if matches!(probe, Probe::On) {
             this._reboot = Some(Notifier::register(Chain::Reboot)?);
             this._panic = Some(Notifier::register(Chain::Panic)?);
+            this._sleep = Some(Syscore::register()?);
             this._proc = Some(SingleFile::create(c_str!("kvm_apf"))?);
         }
         Ok(this)
     }
 }
 
-/// Called by the arm64 abort handler, first, for every external abort taken
-/// from user space. Returns `true` if it was PAGE_NOT_PRESENT, which has then
-/// been handled: the task was parked until its page was ready, and the
-/// faulting instruction is to be retried.
+/// Called by the arm64 entry code for every abort taken from user space,
+/// before it unmasks interrupts. Returns 0 if the abort is not KVM's
+/// PAGE_NOT_PRESENT; otherwise the event has been taken from this CPU's
+/// block, and the returned ticket is to be passed to [`kvm_apf_guest_wait`]
+/// once interrupts are unmasked, instead of handling the abort.
 #[export]
-pub extern "C" fn kvm_apf_guest_user_abort(esr: u64) -> bool {
+pub extern "C" fn kvm_apf_guest_take(esr: u64) -> u32 {
     match apf() {
-        Some(apf) if esr & FSC_MASK == FSC_SEA => apf.not_present(),
-        _ => false,
+        Some(apf) if esr & FSC_MASK == FSC_SEA => apf.take(),
+        _ => TICKET_NONE,
+    }
+}
+
+/// Sleeps until the page of `ticket`, from [`kvm_apf_guest_take`], is
+/// ready, or the task is killed. Process context, interrupts unmasked; the
+/// faulting instruction is retried afterwards.
+#[export]
+pub extern "C" fn kvm_apf_guest_wait(ticket: u32) {
+    if let Some(apf) = apf() {
+        apf.wait(ticket);
     }
 }
 

@@ -59,6 +59,27 @@ impl Completion {
         unsafe { bindings::complete(self.inner.get()) };
     }
 
+    /// Waits until [`Self::complete`] is called, or a fatal signal is
+    /// pending.
+    ///
+    /// Other signals do not end the wait; they are handled after it. Returns
+    /// `Err(ERESTARTSYS)` if the task is being killed, in which case the
+    /// completion was not consumed.
+    pub fn wait_killable(&self) -> Result {
+        // SAFETY: By the type invariant `inner` is an initialised completion.
+        let ret = unsafe { bindings::wait_for_completion_killable(self.inner.get()) };
+        to_result(ret)
+    }
+
+    /// Consumes a completion that has happened, without waiting.
+    ///
+    /// Returns `true` if there was one to consume, as a wait would have
+    /// returned at once; `false` if a wait would sleep.
+    pub fn try_wait(&self) -> bool {
+        // SAFETY: By the type invariant `inner` is an initialised completion.
+        unsafe { bindings::try_wait_for_completion(self.inner.get()) }
+    }
+
     /// Waits until [`Self::complete`] is called, or a signal is pending.
     ///
     /// Returns `Err(ERESTARTSYS)` if the wait ended because of a signal, in

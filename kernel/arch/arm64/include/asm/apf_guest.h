@@ -6,19 +6,41 @@
 #ifndef __ASM_APF_GUEST_H
 #define __ASM_APF_GUEST_H
 
+#include <linux/jump_label.h>
 #include <linux/types.h>
 
 #ifdef CONFIG_KVM_GUEST
+DECLARE_STATIC_KEY_FALSE(kvm_apf_key);
+
+u32 kvm_apf_guest_take(u64 esr);
+void kvm_apf_guest_wait(u32 ticket);
+
 /*
- * Called first for an external abort taken from user space. Returns true
- * if it was KVM's PAGE_NOT_PRESENT: the task has been parked until the
- * page was ready, and the faulting instruction is to be retried.
+ * For an abort taken from user space, before interrupts are unmasked: if
+ * this CPU's block holds KVM's PAGE_NOT_PRESENT, registers the task as its
+ * waiter and returns a non-zero ticket for kvm_apf_wait(), to be called
+ * instead of the abort handler. Returns 0 otherwise.
  */
-bool kvm_apf_guest_user_abort(u64 esr);
-#else
-static inline bool kvm_apf_guest_user_abort(u64 esr)
+static __always_inline u32 kvm_apf_take(unsigned long esr)
 {
-	return false;
+	if (!static_branch_unlikely(&kvm_apf_key))
+		return 0;
+	return kvm_apf_guest_take(esr);
+}
+
+/* Sleeps until the page of @ticket is ready; the access is then retried. */
+static inline void kvm_apf_wait(u32 ticket)
+{
+	kvm_apf_guest_wait(ticket);
+}
+#else
+static __always_inline u32 kvm_apf_take(unsigned long esr)
+{
+	return 0;
+}
+
+static inline void kvm_apf_wait(u32 ticket)
+{
 }
 #endif
 
