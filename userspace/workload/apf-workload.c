@@ -17,6 +17,17 @@
  * With APF_WL_HOTPLUG=1 a thread takes CPU 1 offline and back online three
  * times during the rounds, while faults are in flight.
  *
+ * With APF_WL_BOUNCE=1 a thread in each process moves its writers from CPU
+ * to CPU with sched_setaffinity() every 2 ms, so that tasks migrate between
+ * taking PAGE_NOT_PRESENT and being woken (run it with preempt=full).
+ *
+ * With APF_WL_SIGNALS=1 the parent signals tasks while they are parked by
+ * APF (state D in /proc, which nothing else in this guest causes): it stops
+ * and continues process 0 (SIGSTOP, SIGCONT), attaches to a writer of
+ * process 1 with ptrace and detaches, and kills three extra processes that
+ * keep touching their memory (SIGKILL). Each must take effect (waitpid says
+ * so), and the writers must still finish with intact data.
+ *
  * Output (stdout): progress lines "workload: round R/N done (proc P, APF
  * so far: ...)",
  * then "workload: ok procs=.. threads=.. mib=.. rounds=.. pages=..
@@ -26,7 +37,7 @@
  * Settings come from the environment (the guest kernel passes unknown
  * KEY=value boot parameters to init, and init to its children):
  * APF_WL_PROCS (default 2), APF_WL_THREADS (2), APF_WL_MIB (96),
- * APF_WL_ROUNDS (4), APF_WL_HOTPLUG (0).
+ * APF_WL_ROUNDS (4), APF_WL_HOTPLUG (0), APF_WL_BOUNCE (0), APF_WL_SIGNALS (0).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -39,7 +50,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
 #include <sys/mman.h>
+#include <sys/ptrace.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -55,9 +68,14 @@
 #define HOTPLUG_CYCLES 3
 #define CPU1_ONLINE "/sys/devices/system/cpu/cpu1/online"
 #define ROUND_PAUSE_US 200000
+#define BOUNCE_US 2000
+#define VICTIMS 3
+#define VICTIM_MIB 2
+/* How long the signal test waits to see a task parked. */
+#define PARK_WAIT_MS 60000
 
 struct config {
-	long procs, threads, mib, rounds, hotplug;
+	long procs, threads, mib, rounds, hotplug, bounce, signals;
 };
 
 /* The first mismatch, shared by every process (MAP_SHARED). */
@@ -67,6 +85,8 @@ struct shared {
 	long page, word;
 	uint64_t expected, got;
 	atomic_int procs_done;
+	/* The thread ids of the writers, for the bouncer and the signals. */
+	atomic_int tids[MAX_PROCS][MAX_THREADS];
 };
 
 static struct config cfg;
@@ -194,6 +214,7 @@ static void *writer_main(void *arg)
 	struct writer *wr = arg;
 	long round;
 
+	atomic_store(&shared->tids[wr->proc][wr->thread], (int)gettid());
 	for (size_t p = 0; p < pages_per_thread; p++)
 		write_page(wr, p, 0);
 	for (round = 1; round <= cfg.rounds; round++) {
@@ -221,12 +242,42 @@ static void *writer_main(void *arg)
 	return NULL;
 }
 
+static atomic_int writers_done;
+
+/* Moves this process's writers from CPU to CPU until they are done. */
+static void *bouncer_main(void *arg)
+{
+	int proc = *(int *)arg;
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+	unsigned long step = 0;
+
+	if (cpus < 2)
+		return NULL;
+	while (!atomic_load(&writers_done)) {
+		for (int t = 0; t < cfg.threads; t++) {
+			pid_t tid = atomic_load(&shared->tids[proc][t]);
+			cpu_set_t set;
+
+			if (!tid)
+				continue;
+			CPU_ZERO(&set);
+			CPU_SET((int)((step + (unsigned long)t) % (unsigned long)cpus), &set);
+			/* A writer that just exited is not an error. */
+			sched_setaffinity(tid, sizeof(set), &set);
+		}
+		step++;
+		usleep(BOUNCE_US);
+	}
+	return NULL;
+}
+
 /* One forked process: T writer threads. Returns the exit status. */
 static int run_proc(int proc)
 {
 	struct writer wr[MAX_THREADS];
-	pthread_t tid[MAX_THREADS];
+	pthread_t tid[MAX_THREADS], bouncer;
 	pthread_barrier_t barrier;
+	int bouncing;
 	size_t bytes = pages_per_thread * page_size;
 	int t, err;
 
@@ -256,8 +307,12 @@ static int run_proc(int proc)
 			return EXIT_FAIL;
 		}
 	}
+	bouncing = cfg.bounce && !pthread_create(&bouncer, NULL, bouncer_main, &proc);
 	for (t = 0; t < cfg.threads; t++)
 		pthread_join(tid[t], NULL);
+	atomic_store(&writers_done, 1);
+	if (bouncing)
+		pthread_join(bouncer, NULL);
 	atomic_fetch_add(&shared->procs_done, 1);
 	return atomic_load(&shared->failed) ? EXIT_FAIL : 0;
 }
@@ -320,6 +375,150 @@ static void *hotplug_main(void *arg)
 	return NULL;
 }
 
+/* Whether thread @tid of process @pid sleeps uninterruptibly (APF parks so). */
+static int task_parked(pid_t pid, pid_t tid)
+{
+	char path[64], buf[512], *end;
+	ssize_t n;
+	int fd;
+
+	snprintf(path, sizeof(path), "/proc/%d/task/%d/stat", pid, tid);
+	fd = open(path, O_RDONLY);
+	if (fd < 0)
+		return 0;
+	n = read(fd, buf, sizeof(buf) - 1);
+	close(fd);
+	if (n <= 0)
+		return 0;
+	buf[n] = 0;
+	end = strrchr(buf, ')');
+	return end && end[1] == ' ' && end[2] == 'D';
+}
+
+/*
+ * Waits until a writer of process @proc (pid @pid) is parked; returns its
+ * tid, or 0 after PARK_WAIT_MS.
+ */
+static pid_t wait_parked(int proc, pid_t pid)
+{
+	for (int ms = 0; ms < PARK_WAIT_MS; ms++) {
+		for (int t = 0; t < cfg.threads; t++) {
+			pid_t tid = atomic_load(&shared->tids[proc][t]);
+
+			if (tid && task_parked(pid, tid))
+				return tid;
+		}
+		usleep(1000);
+	}
+	return 0;
+}
+
+/* A process that touches its memory until it is killed. */
+static void victim_main(void)
+{
+	size_t bytes = (size_t)VICTIM_MIB << 20;
+	volatile uint64_t *mem = mmap(NULL, bytes, PROT_READ | PROT_WRITE,
+				      MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (mem == MAP_FAILED)
+		_exit(EXIT_FAIL);
+	for (uint64_t n = 0;; n++)
+		for (size_t off = 0; off < bytes; off += page_size)
+			mem[off / sizeof(*mem)] = n;
+}
+
+/*
+ * The signal test (APF_WL_SIGNALS=1): each signal goes to a task that is
+ * parked by APF, and must take effect. Returns 0, or 1 with a FAIL line.
+ */
+static int signal_parked(const pid_t *pids, const pid_t *victims)
+{
+	int status, stopped = 0, traced = 0, killed = 0;
+	struct sched_param fifo = { .sched_priority = 1 };
+	pid_t tid;
+
+	/*
+	 * Run ahead of the compute thread, so that a signal follows at once
+	 * the sight of a parked task and finds it still parked.
+	 */
+	if (sched_setscheduler(0, SCHED_FIFO, &fifo))
+		printf("workload: signals: no SCHED_FIFO (%s), signals may come late\n",
+		       strerror(errno));
+
+	/* SIGSTOP and SIGCONT to process 0 while a writer is parked. */
+	tid = wait_parked(0, pids[0]);
+	if (!tid) {
+		printf("workload: FAIL signals: no writer of proc 0 parked within %d ms\n",
+		       PARK_WAIT_MS);
+		return 1;
+	}
+	kill(pids[0], SIGSTOP);
+	if (waitpid(pids[0], &status, WUNTRACED) != pids[0] || !WIFSTOPPED(status)) {
+		printf("workload: FAIL signals: proc 0 did not stop (status %#x)\n", status);
+		return 1;
+	}
+	stopped++;
+	usleep(100000);
+	kill(pids[0], SIGCONT);
+	if (waitpid(pids[0], &status, WCONTINUED) != pids[0] || !WIFCONTINUED(status)) {
+		printf("workload: FAIL signals: proc 0 did not continue (status %#x)\n", status);
+		return 1;
+	}
+
+	/* A ptrace attach to a parked writer of process 1, and a detach. */
+	if (cfg.procs > 1) {
+		tid = wait_parked(1, pids[1]);
+		if (!tid) {
+			printf("workload: FAIL signals: no writer of proc 1 parked within %d ms\n",
+			       PARK_WAIT_MS);
+			return 1;
+		}
+		if (ptrace(PTRACE_SEIZE, tid, 0, 0) || ptrace(PTRACE_INTERRUPT, tid, 0, 0)) {
+			printf("workload: FAIL signals: ptrace attach to %d: %s\n", tid,
+			       strerror(errno));
+			return 1;
+		}
+		if (waitpid(tid, &status, __WALL) != tid || !WIFSTOPPED(status)) {
+			printf("workload: FAIL signals: traced %d did not stop (status %#x)\n",
+			       tid, status);
+			return 1;
+		}
+		if (ptrace(PTRACE_DETACH, tid, 0, 0)) {
+			printf("workload: FAIL signals: ptrace detach from %d: %s\n", tid,
+			       strerror(errno));
+			return 1;
+		}
+		traced++;
+	}
+
+	/* SIGKILL to each victim while it is parked. */
+	for (int v = 0; v < VICTIMS; v++) {
+		int parked = 0;
+
+		for (int ms = 0; ms < PARK_WAIT_MS && !parked; ms++) {
+			parked = task_parked(victims[v], victims[v]);
+			if (!parked)
+				usleep(1000);
+		}
+		kill(victims[v], SIGKILL);
+		if (waitpid(victims[v], &status, 0) != victims[v] || !WIFSIGNALED(status) ||
+		    WTERMSIG(status) != SIGKILL) {
+			printf("workload: FAIL signals: victim %d did not die of SIGKILL (status %#x)\n",
+			       v, status);
+			return 1;
+		}
+		if (!parked) {
+			printf("workload: FAIL signals: victim %d never parked within %d ms\n", v,
+			       PARK_WAIT_MS);
+			return 1;
+		}
+		killed++;
+	}
+	printf("workload: signals stopped=%d traced=%d killed=%d, each while parked\n",
+	       stopped, traced, killed);
+	return 0;
+}
+
 static void print_kvm_apf(void)
 {
 	char line[256];
@@ -336,7 +535,7 @@ static void print_kvm_apf(void)
 
 int main(void)
 {
-	pid_t pids[MAX_PROCS];
+	pid_t pids[MAX_PROCS], victims[VICTIMS];
 	pthread_t compute, hotplug;
 	long total_pages, threads_total;
 	int p, failed = 0, compute_started = 0, err;
@@ -352,6 +551,8 @@ int main(void)
 	cfg.mib = env_long("workload", "APF_WL_MIB", 96, 1, MAX_MIB);
 	cfg.rounds = env_long("workload", "APF_WL_ROUNDS", 4, 1, MAX_ROUNDS);
 	cfg.hotplug = env_long("workload", "APF_WL_HOTPLUG", 0, 0, 1);
+	cfg.bounce = env_long("workload", "APF_WL_BOUNCE", 0, 0, 1);
+	cfg.signals = env_long("workload", "APF_WL_SIGNALS", 0, 0, 1);
 
 	ps = sysconf(_SC_PAGESIZE);
 	page_size = ps > 0 ? (size_t)ps : 4096;
@@ -375,8 +576,9 @@ int main(void)
 		printf("workload: FAIL mmap of the shared page: %s\n", strerror(errno));
 		return EXIT_FAIL;
 	}
-	printf("workload: start procs=%ld threads=%ld mib=%ld rounds=%ld pages=%ld hotplug=%ld\n",
-	       cfg.procs, cfg.threads, cfg.mib, cfg.rounds, total_pages, cfg.hotplug);
+	printf("workload: start procs=%ld threads=%ld mib=%ld rounds=%ld pages=%ld hotplug=%ld bounce=%ld signals=%ld\n",
+	       cfg.procs, cfg.threads, cfg.mib, cfg.rounds, total_pages, cfg.hotplug,
+	       cfg.bounce, cfg.signals);
 	fflush(stdout);
 
 	/* Fork while single-threaded; the parent's threads come after. */
@@ -387,6 +589,19 @@ int main(void)
 		if (pids[p] < 0) {
 			printf("workload: FAIL fork: %s\n", strerror(errno));
 			for (int q = 0; q < p; q++)
+				kill(pids[q], SIGKILL);
+			return EXIT_FAIL;
+		}
+	}
+	for (int v = 0; cfg.signals && v < VICTIMS; v++) {
+		victims[v] = fork();
+		if (victims[v] == 0)
+			victim_main();
+		if (victims[v] < 0) {
+			printf("workload: FAIL fork: %s\n", strerror(errno));
+			for (int q = 0; q < v; q++)
+				kill(victims[q], SIGKILL);
+			for (int q = 0; q < cfg.procs; q++)
 				kill(pids[q], SIGKILL);
 			return EXIT_FAIL;
 		}
@@ -408,6 +623,13 @@ int main(void)
 		}
 	}
 
+	if (cfg.signals && signal_parked(pids, victims)) {
+		failed = 1;
+		for (int v = 0; v < VICTIMS; v++)
+			kill(victims[v], SIGKILL);
+		for (p = 0; p < cfg.procs; p++)
+			kill(pids[p], SIGCONT);
+	}
 	for (p = 0; p < cfg.procs; p++) {
 		int status;
 

@@ -255,7 +255,7 @@ fn run(args: E2eArgs) -> u8 {
     drop(page_cluster);
     drop(zram);
 
-    let checks = check::evaluate(&obs, end, args.expect, swap_delta.as_ref());
+    let checks = check::evaluate(&obs, end, args.expect, &args.guest_min, swap_delta.as_ref());
     for c in &checks {
         say(&c.to_string());
     }

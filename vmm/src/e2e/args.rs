@@ -46,6 +46,8 @@ pub struct E2eArgs {
     pub page_cluster: Option<u32>,
     /// Kill the VMM after this many seconds.
     pub timeout_secs: u64,
+    /// Lower bounds on the guest's `/proc/kvm_apf` counters, by name.
+    pub guest_min: Vec<(String, u64)>,
     /// The VMM and its arguments.
     pub command: Vec<OsString>,
 }
@@ -106,6 +108,7 @@ pub fn usage() -> String {
          \x20 --page-cluster N      with swap: vm.page-cluster for the run, 0..{MAX_PAGE_CLUSTER}, restored after\n\
          \x20                       (default {DEFAULT_PAGE_CLUSTER}: no swap readahead)\n\
          \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
+         \x20 --guest-min NAME=N    the guest's /proc/kvm_apf counter NAME ends at least N (repeatable)\n\
          \x20 -h, --help            this text\n\
          \n\
          With swap, the run also fails unless the swap device was read from during\n\
@@ -131,6 +134,22 @@ fn number(option: &'static str, value: &OsString, min: u64, max: u64) -> Result<
     Ok(n)
 }
 
+/// `NAME=N`: a counter name (lower case and `_`) and its least value.
+fn counter_min(option: &'static str, value: &OsString) -> Result<(String, u64), E2eArgsError> {
+    let text = value.to_string_lossy().into_owned();
+    let bad = || E2eArgsError::InvalidValue {
+        option,
+        value: text.clone(),
+        reason: "expected NAME=N, NAME a counter of /proc/kvm_apf".into(),
+    };
+    let (name, n) = text.split_once('=').ok_or_else(bad)?;
+    if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(bad());
+    }
+    let n = number(option, &OsString::from(n), 0, u64::MAX)?;
+    Ok((name.to_string(), n))
+}
+
 fn set_once<T>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E2eArgsError> {
     if slot.is_some() {
         return Err(E2eArgsError::Duplicate(name));
@@ -150,6 +169,7 @@ where
     let mut disk = None;
     let mut page_cluster = None;
     let mut timeout = None;
+    let mut guest_min = Vec::new();
     let mut command = None;
 
     while let Some(arg) = iter.next() {
@@ -171,6 +191,7 @@ where
             "--swap-disk" => "--swap-disk",
             "--page-cluster" => "--page-cluster",
             "--timeout" => "--timeout",
+            "--guest-min" => "--guest-min",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
         let value = match inline {
@@ -215,6 +236,7 @@ where
                 let n = u32::try_from(n).unwrap_or(MAX_PAGE_CLUSTER);
                 set_once(&mut page_cluster, option, n)?;
             }
+            "--guest-min" => guest_min.push(counter_min(option, &value)?),
             _ => {
                 let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
                 set_once(&mut timeout, option, n)?;
@@ -235,6 +257,7 @@ where
         swap_disk: disk,
         page_cluster: with_swap.then(|| page_cluster.unwrap_or(DEFAULT_PAGE_CLUSTER)),
         timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
+        guest_min,
         command,
     }))
 }
@@ -365,5 +388,29 @@ mod tests {
             Err(E2eArgsError::Duplicate("--page-cluster"))
         );
         assert!(usage().contains("--page-cluster"));
+    }
+
+    #[test]
+    fn guest_min_is_repeatable_and_checked() {
+        let a = run(&[
+            "--guest-min",
+            "killed=1",
+            "--guest-min=migrated=0",
+            "--",
+            "v",
+        ]);
+        assert_eq!(
+            a.guest_min,
+            [("killed".to_string(), 1), ("migrated".to_string(), 0)]
+        );
+        for bad in ["killed", "=1", "Killed=1", "killed=x", "killed=-1"] {
+            assert!(matches!(
+                p(&["--guest-min", bad, "--", "v"]),
+                Err(E2eArgsError::InvalidValue {
+                    option: "--guest-min",
+                    ..
+                })
+            ));
+        }
     }
 }

@@ -123,6 +123,7 @@ pub fn evaluate(
     obs: &Observations,
     end: VmmEnd,
     expect: Expect,
+    guest_min: &[(String, u64)],
     swap: Option<&SwapDelta>,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
@@ -226,6 +227,16 @@ pub fn evaluate(
             ));
         }
     }
+    for (name, min) in guest_min {
+        checks.push(match obs.kvm_apf.get(name) {
+            Some(&v) => check(
+                "guest-min",
+                v >= *min,
+                format!("{name}={v}, at least {min}"),
+            ),
+            None => check("guest-min", false, format!("no kvm_apf {name} line")),
+        });
+    }
     if let Some(delta) = swap {
         checks.extend(swap_checks(obs, delta));
     }
@@ -296,7 +307,7 @@ mod tests {
     #[test]
     fn passing_events_run() {
         let o = obs(&GOOD);
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
         assert_eq!(names_failed(&c), Vec::<&str>::new());
         assert_eq!(c.len(), 6);
         let (ok, line) = verdict(&c, &o, 12.34, None);
@@ -307,12 +318,12 @@ mod tests {
             "e2e: check host-guest-agree: ok (not_present host=7 guest=7, ready host=7 guest=7)"
         );
         // The same run does not pass as "none".
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, &[], None);
         assert_eq!(names_failed(&c), vec!["apf-hidden"]);
         // Nor with a mismatch.
         let mut o2 = o.clone();
         o2.feed("apf: vcpu1 apf_not_present=5 apf_ready=4");
-        let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Any, None);
+        let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Any, &[], None);
         assert_eq!(names_failed(&c), vec!["host-guest-agree"]);
     }
 
@@ -323,18 +334,18 @@ mod tests {
             "workload: ok procs=2",
             "apf: vcpu0 apf_not_present=0 apf_ready=0",
         ]);
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::None, &[], None);
         assert_eq!(names_failed(&c), Vec::<&str>::new());
         assert!(verdict(&c, &o, 1.0, None).0);
         // Expecting events from it fails on the missing line and counts.
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
         assert_eq!(names_failed(&c), vec!["guest-shutdown", "events"]);
     }
 
     #[test]
     fn failures_are_named() {
         let o = obs(&["workload: FAIL proc=0 thread=1 page=3 expected=0x1 got=0x0"]);
-        let c = evaluate(&o, VmmEnd::Timeout(600), Expect::Events, None);
+        let c = evaluate(&o, VmmEnd::Timeout(600), Expect::Events, &[], None);
         assert_eq!(
             names_failed(&c),
             vec![
@@ -351,14 +362,14 @@ mod tests {
         assert!(!ok);
         assert!(line.starts_with("e2e: FAIL (vmm-exit, workload"));
 
-        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Any, None);
+        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Any, &[], None);
         assert_eq!(names_failed(&c), vec!["vmm-exit"]);
-        let c = evaluate(&obs(&GOOD), VmmEnd::Exit(1), Expect::Any, None);
+        let c = evaluate(&obs(&GOOD), VmmEnd::Exit(1), Expect::Any, &[], None);
         assert_eq!(names_failed(&c), vec!["vmm-exit"]);
 
         let mut o = obs(&GOOD);
         o.feed("apf: vcpu2 statistics unavailable: EIO");
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, None);
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
         assert_eq!(names_failed(&c), vec!["host-stats"]);
     }
 
@@ -385,7 +396,7 @@ mod tests {
             write_sectors: 16000,
         };
         let good: SwapDelta = ("vda".into(), Ok(io));
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&good));
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], Some(&good));
         assert_eq!(names_failed(&c), Vec::<&str>::new());
         assert_eq!(c.len(), 8);
         assert_eq!(
@@ -413,11 +424,17 @@ mod tests {
                 ..DiskStat::default()
             }),
         );
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&none));
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], Some(&none));
         assert_eq!(names_failed(&c), vec!["swap-in"]);
 
         // No cgroup report (the VMM was killed), or an OOM in the cgroup.
-        let c = evaluate(&obs(&GOOD), VmmEnd::Signal(9), Expect::Events, Some(&good));
+        let c = evaluate(
+            &obs(&GOOD),
+            VmmEnd::Signal(9),
+            Expect::Events,
+            &[],
+            Some(&good),
+        );
         assert_eq!(names_failed(&c), vec!["vmm-exit", "no-oom"]);
         assert_eq!(c[7].details, "no report of the VMM's cgroup");
         for r in [
@@ -429,7 +446,7 @@ mod tests {
         ] {
             let mut o2 = obs(&GOOD);
             o2.feed(&r.line());
-            let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Events, Some(&good));
+            let c = evaluate(&o2, VmmEnd::Exit(0), Expect::Events, &[], Some(&good));
             assert_eq!(names_failed(&c), vec!["no-oom"]);
             let (ok, line) = verdict(&c, &o2, 1.0, Some(&good));
             assert!(!ok);
@@ -441,11 +458,48 @@ mod tests {
 
         // The device's counters could not be read.
         let err: SwapDelta = ("vda".into(), Err("/sys/block/vda/stat: gone".into()));
-        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, Some(&err));
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], Some(&err));
         assert_eq!(names_failed(&c), vec!["swap-in"]);
         assert_eq!(c[6].details, "/sys/block/vda/stat: gone");
         let (_, line) = verdict(&c, &o, 1.0, Some(&err));
         assert!(line.ends_with("wall=1.0s peak_mib=50.0"), "{line}");
         assert_eq!(mib(u64::MAX), "max");
+    }
+
+    #[test]
+    fn guest_min_needs_the_counter_at_least_that_high() {
+        let mut o = obs(&GOOD);
+        o.feed("workload: kvm_apf killed 2");
+        let min = |n: u64| [("killed".to_string(), n)];
+        let failed = |c: &[Check]| c.iter().filter(|c| !c.ok).count();
+        assert_eq!(
+            failed(&evaluate(
+                &o,
+                VmmEnd::Exit(0),
+                Expect::Events,
+                &min(2),
+                None
+            )),
+            0
+        );
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &min(3), None);
+        assert_eq!(
+            c.iter()
+                .filter(|c| !c.ok)
+                .map(|c| c.name)
+                .collect::<Vec<_>>(),
+            ["guest-min"]
+        );
+        let absent = [("migrated".to_string(), 0)];
+        assert_eq!(
+            failed(&evaluate(
+                &o,
+                VmmEnd::Exit(0),
+                Expect::Events,
+                &absent,
+                None
+            )),
+            1
+        );
     }
 }

@@ -9,6 +9,7 @@
 //!   another console writer interleaved with);
 //! - the guest kernel's `apf_guest: not offered by the hypervisor`;
 //! - the VMM's `apf: vcpuK apf_not_present=.. apf_ready=.. ...` lines;
+//! - the workload's copy of `/proc/kvm_apf`, `workload: kvm_apf NAME N`;
 //! - the VMM's `uffd: ...` line, kept as is;
 //! - the VMM's `cgroup: ...` line (cgroup memory mode), read with
 //!   [`MemcgReport::parse_line`], the format the VMM prints it in.
@@ -55,6 +56,8 @@ pub struct Observations {
     pub guest: Option<GuestApf>,
     /// The guest kernel said the hypervisor offers no APF.
     pub guest_not_offered: bool,
+    /// The guest's `/proc/kvm_apf` counters as the workload printed them.
+    pub kvm_apf: BTreeMap<String, u64>,
     /// Host counters by vCPU index.
     pub host: BTreeMap<u32, HostApf>,
     /// vCPUs whose statistics the VMM could not read.
@@ -71,6 +74,7 @@ const GUEST_SHUTDOWN: &str = "apf_guest: shutdown:";
 const GUEST_NOT_OFFERED: &str = "apf_guest: not offered by the hypervisor";
 const WORKLOAD_OK: &str = "workload: ok";
 const WORKLOAD_FAIL: &str = "workload: FAIL";
+const WORKLOAD_KVM_APF: &str = "workload: kvm_apf ";
 
 /// Value of `key=N` among the space-separated words of `text`.
 pub fn field(text: &str, key: &str) -> Option<u64> {
@@ -117,6 +121,11 @@ impl Observations {
                     ready,
                     wake_all: field(rest, "wake_all").unwrap_or(0),
                 });
+            }
+        }
+        if let Some((name, value)) = after(line, WORKLOAD_KVM_APF).and_then(|r| r.split_once(' ')) {
+            if let Ok(value) = value.trim().parse() {
+                self.kvm_apf.insert(name.to_string(), value);
             }
         }
         if line.contains(GUEST_NOT_OFFERED) {
