@@ -9,7 +9,7 @@ S := scripts
 TEST_LISTS := $(wildcard tests/apf.list) tests/vmm.list tests/e2e.list tests/regression.list
 RUN_LISTS := tests/demo.list
 
-.PHONY: all deps tree config kernel selftests guest vmm-test test test-debug run soak-swap bench check series refresh clean help
+.PHONY: all deps tree config kernel selftests guest vmm-test test test-debug test-rt run soak-swap bench check series refresh clean help
 
 all: kernel
 
@@ -19,6 +19,7 @@ help:
 	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: about 16 min)"
 	@echo "make test       build everything and run every test (what CI runs)"
 	@echo "make test-debug the APF tests on a KASAN/lockdep/kmemleak host kernel"
+	@echo "make test-rt    the preemptible e2e cases with a PREEMPT_RT guest kernel"
 	@echo "make check      rustfmt, CLIPPY=1 build and checkpatch on the series"
 	@echo "make series     export the patch series with a cover letter to out/series"
 	@echo "make tree       assemble build/linux from Debian's source + this repo"
@@ -58,6 +59,11 @@ test: selftests guest vmm-test
 # lockdep, kmemleak and debug objects (config/debug/), tests/debug.list.
 test-debug: selftests guest
 	@$(S)/test-debug.sh
+
+# The other heavy lane: a PREEMPT_RT guest kernel (config/rt/) running
+# e2e-preempt-full and e2e-migrate-stress.
+test-rt: guest
+	@$(S)/test-rt.sh
 
 run: guest
 	@$(S)/boot.sh run verbose $(RUN_LISTS)

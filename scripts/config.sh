@@ -23,17 +23,30 @@ mkdir -p "$KOUT"
 	die "merge_config failed (see $B/merge_config.log)"
 "${KMAKE[@]}" -s olddefconfig >/dev/null
 
-bad=0
+# A later fragment may override an option an earlier one set (EXTRA_CONFIG
+# does: config/rt/ turns PREEMPT_DYNAMIC off); the last word counts.
+declare -A want from
 for frag in "${frags[@]}"; do
 	while IFS= read -r line; do
 		case "$line" in
-		CONFIG_*=*)
-			grep -qx "$line" "$KOUT/.config" || {
-				echo "config: $(basename "$frag") asks for $line, but the result has: $(grep "^${line%%=*}=" "$KOUT/.config" || echo "${line%%=*} not set")" >&2
-				bad=1
-			} ;;
+		CONFIG_*=*) opt=${line%%=*} ;;
+		"# CONFIG_"*" is not set") opt=${line#\# }; opt=${opt%% *} ;;
+		*) continue ;;
 		esac
+		want[$opt]=$line
+		from[$opt]=$(basename "$frag")
 	done <"$frag"
+done
+bad=0
+for opt in "${!want[@]}"; do
+	line=${want[$opt]}
+	case "$line" in
+	CONFIG_*=*) grep -qx "$line" "$KOUT/.config" ;;
+	*) ! grep -q "^$opt=" "$KOUT/.config" ;;
+	esac || {
+		echo "config: ${from[$opt]} asks for $line, but the result has: $(grep "^$opt=" "$KOUT/.config" || echo "$opt not set")" >&2
+		bad=1
+	}
 done
 [ $bad = 0 ] || die "stale or unsatisfiable kernel configuration (fix the fragments above)"
 echo "$inputs" >"$STAMP"
