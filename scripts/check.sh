@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The checks a maintainer runs before sending: rustfmt, a CLIPPY=1 build
 # that must be warning-free (CONFIG_WERROR turns every warning into an
-# error), and checkpatch --strict on every exported patch.
+# error), the kernel crate built for x86_64 without OF or ACPI, and
+# checkpatch --strict on every exported patch.
 source "$(dirname "$0")/lib.sh"
 
 # Debian's linux-source drops upstream's .rustfmt.toml, without which
@@ -24,6 +25,19 @@ if [ -n "$ours" ]; then
 	die "clippy reported the warnings above in the series' Rust code (see $B/logs/clippy.log)"
 fi
 echo "    clippy: no warning in the series' Rust code ($(grep -c '^warning' "$B/logs/clippy.log") in the base's own code)"
+
+# The kernel crate must build where the guest's firmware interfaces do not
+# exist: x86_64 with Rust, no device tree, no ACPI (tinyconfig). Rust's
+# crates are built in `make prepare`.
+say "kernel crate on x86_64 without OF or ACPI (tinyconfig + RUST)"
+x86=(make -C "$TREE" O="$B/kbuild-x86" ARCH=x86_64 LLVM=1 "CC=ccache clang" -j"$JOBS")
+"${x86[@]}" -s tinyconfig >/dev/null
+"$TREE/scripts/config" --file "$B/kbuild-x86/.config" -e 64BIT -e RUST
+"${x86[@]}" -s olddefconfig >/dev/null
+for opt in CONFIG_RUST=y "# CONFIG_OF is not set" "# CONFIG_ACPI is not set"; do
+	grep -qx "$opt" "$B/kbuild-x86/.config" || die "x86_64 tinyconfig: expected $opt"
+done
+run_logged x86-rust "$B/logs/x86-rust.log" "${x86[@]}" prepare
 
 "$TOP/scripts/series.sh"
 say "checkpatch --strict"
