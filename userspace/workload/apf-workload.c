@@ -24,9 +24,11 @@
  * With APF_WL_SIGNALS=1 the parent signals tasks while they are parked by
  * APF (state D in /proc, which nothing else in this guest causes): it stops
  * and continues process 0 (SIGSTOP, SIGCONT), attaches to a writer of
- * process 1 with ptrace and detaches, and kills three extra processes that
- * keep touching their memory (SIGKILL). Each must take effect (waitpid says
- * so), and the writers must still finish with intact data.
+ * process 1 with ptrace and detaches, and kills extra processes that keep
+ * touching their memory (SIGKILL) until the guest kernel has counted three
+ * parks ended by SIGKILL (/proc/kvm_apf "killed"; at most 30 kills). Each
+ * signal must take effect (waitpid says so), and the writers must still
+ * finish with intact data.
  *
  * Output (stdout): progress lines "workload: round R/N done (proc P, APF
  * so far: ...)",
@@ -71,6 +73,7 @@
 #define BOUNCE_US 2000
 #define VICTIMS 3
 #define VICTIM_MIB 2
+#define MAX_KILLS 30
 /* How long the signal test waits to see a task parked. */
 #define PARK_WAIT_MS 60000
 
@@ -375,6 +378,22 @@ static void *hotplug_main(void *arg)
 	return NULL;
 }
 
+/* The guest kernel's /proc/kvm_apf counter @name, or -1. */
+static long kvm_apf_counter(const char *name)
+{
+	char key[64];
+	long value, found = -1;
+	FILE *f = fopen("/proc/kvm_apf", "r");
+
+	if (!f)
+		return -1;
+	while (fscanf(f, "%63s %ld", key, &value) == 2)
+		if (!strcmp(key, name))
+			found = value;
+	fclose(f);
+	return found;
+}
+
 /* Whether thread @tid of process @pid sleeps uninterruptibly (APF parks so). */
 static int task_parked(pid_t pid, pid_t tid)
 {
@@ -431,9 +450,9 @@ static void victim_main(void)
  * The signal test (APF_WL_SIGNALS=1): each signal goes to a task that is
  * parked by APF, and must take effect. Returns 0, or 1 with a FAIL line.
  */
-static int signal_parked(const pid_t *pids, const pid_t *victims)
+static int signal_parked(const pid_t *pids, pid_t *victims)
 {
-	int status, stopped = 0, traced = 0, killed = 0;
+	int status, stopped = 0, traced = 0, killed = 0, counted = 0;
 	struct sched_param fifo = { .sched_priority = 1 };
 	pid_t tid;
 
@@ -491,31 +510,53 @@ static int signal_parked(const pid_t *pids, const pid_t *victims)
 		traced++;
 	}
 
-	/* SIGKILL to each victim while it is parked. */
-	for (int v = 0; v < VICTIMS; v++) {
-		int parked = 0;
+	/*
+	 * SIGKILL to victims while they are parked, until the guest kernel has
+	 * counted VICTIMS parks ended by SIGKILL: a victim seen parked may be
+	 * woken by its PAGE_READY before the signal lands. Each killed victim
+	 * is replaced, so VICTIMS keep faulting.
+	 */
+	while (counted < VICTIMS && killed < MAX_KILLS) {
+		long before = kvm_apf_counter("killed"), after;
+		int v = -1;
 
-		for (int ms = 0; ms < PARK_WAIT_MS && !parked; ms++) {
-			parked = task_parked(victims[v], victims[v]);
-			if (!parked)
+		for (int ms = 0; ms < PARK_WAIT_MS && v < 0; ms++) {
+			for (int i = 0; i < VICTIMS && v < 0; i++)
+				if (task_parked(victims[i], victims[i]))
+					v = i;
+			if (v < 0)
 				usleep(1000);
+		}
+		if (v < 0) {
+			printf("workload: FAIL signals: no victim parked within %d ms\n",
+			       PARK_WAIT_MS);
+			return 1;
 		}
 		kill(victims[v], SIGKILL);
 		if (waitpid(victims[v], &status, 0) != victims[v] || !WIFSIGNALED(status) ||
 		    WTERMSIG(status) != SIGKILL) {
 			printf("workload: FAIL signals: victim %d did not die of SIGKILL (status %#x)\n",
-			       v, status);
-			return 1;
-		}
-		if (!parked) {
-			printf("workload: FAIL signals: victim %d never parked within %d ms\n", v,
-			       PARK_WAIT_MS);
+			       victims[v], status);
 			return 1;
 		}
 		killed++;
+		after = kvm_apf_counter("killed");
+		counted += after > before;
+		victims[v] = fork();
+		if (victims[v] == 0)
+			victim_main();
+		if (victims[v] < 0) {
+			printf("workload: FAIL fork: %s\n", strerror(errno));
+			return 1;
+		}
 	}
-	printf("workload: signals stopped=%d traced=%d killed=%d, each while parked\n",
-	       stopped, traced, killed);
+	if (!counted) {
+		printf("workload: FAIL signals: %d victims killed while parked, none ended a park\n",
+		       killed);
+		return 1;
+	}
+	printf("workload: signals stopped=%d traced=%d killed=%d (seen parked), of which %d ended a park\n",
+	       stopped, traced, killed, counted);
 	return 0;
 }
 
