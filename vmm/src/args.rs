@@ -39,6 +39,9 @@ pub const MAX_CGROUP_LIMIT_MIB: u64 = 1 << 20;
 pub const MAX_CGROUP_MAX_MIB: u64 = 2 * MAX_CGROUP_LIMIT_MIB;
 /// arm64 `COMMAND_LINE_SIZE`, including the terminating NUL.
 pub const CMDLINE_CAPACITY: usize = 2048;
+/// Added to the kernel command line with `--boot acpi`: there is no EFI
+/// firmware behind the EFI system table, so no runtime services.
+pub const EFI_NORUNTIME: &str = "efi=noruntime";
 
 /// How guest RAM is backed and how slow page fetches are produced.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,6 +53,16 @@ pub enum MemMode {
     /// Anonymous memory in a cgroup v2 with a memory.high limit (swap),
     /// and memory.max above it as a backstop.
     Cgroup,
+}
+
+/// How the guest kernel finds the machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BootMode {
+    /// A full device tree (the default).
+    Dt,
+    /// ACPI tables, found through an EFI system table and memory map that
+    /// a stub device tree (only `/chosen`) points at.
+    Acpi,
 }
 
 /// Whether the guest is offered asynchronous page faults.
@@ -80,8 +93,10 @@ pub struct Args {
     pub kernel: PathBuf,
     /// Optional initial ramdisk.
     pub initrd: Option<PathBuf>,
-    /// Kernel command line.
+    /// Kernel command line (with `EFI_NORUNTIME` added for `BootMode::Acpi`).
     pub cmdline: String,
+    /// Device tree or ACPI.
+    pub boot: BootMode,
     /// Number of vCPUs, 1 to `MAX_VCPUS`.
     pub vcpus: u8,
     /// Guest RAM size in MiB.
@@ -175,6 +190,10 @@ Options:
   --kernel PATH           arm64 Image to boot (required)
   --initrd PATH           initial ramdisk
   --cmdline STR           kernel command line (default: \"{DEFAULT_CMDLINE}\")
+  --boot dt|acpi          how the guest finds the machine: a device tree (default),
+                          or ACPI tables behind an EFI system table and memory map
+                          that a stub device tree points at; acpi adds
+                          {EFI_NORUNTIME} to the command line unless it sets efi=[no]runtime
   --vcpus N               number of vCPUs, 1..{MAX_VCPUS} (default: {DEFAULT_VCPUS})
   --mem MIB               guest RAM in MiB, {MIN_MEM_MIB}..{MAX_MEM_MIB} (default: {DEFAULT_MEM_MIB})
   --mem-mode MODE         plain | uffd | cgroup (default: plain)
@@ -208,6 +227,7 @@ enum Opt {
     Kernel,
     Initrd,
     Cmdline,
+    Boot,
     Vcpus,
     Mem,
     MemMode,
@@ -226,6 +246,7 @@ impl Opt {
             Opt::Kernel => "--kernel",
             Opt::Initrd => "--initrd",
             Opt::Cmdline => "--cmdline",
+            Opt::Boot => "--boot",
             Opt::Vcpus => "--vcpus",
             Opt::Mem => "--mem",
             Opt::MemMode => "--mem-mode",
@@ -240,10 +261,11 @@ impl Opt {
     }
 
     fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 13] = [
+        const ALL: [Opt; 14] = [
             Opt::Kernel,
             Opt::Initrd,
             Opt::Cmdline,
+            Opt::Boot,
             Opt::Vcpus,
             Opt::Mem,
             Opt::MemMode,
@@ -265,6 +287,7 @@ struct Raw {
     kernel: Option<PathBuf>,
     initrd: Option<PathBuf>,
     cmdline: Option<String>,
+    boot: Option<BootMode>,
     vcpus: Option<u8>,
     mem_mib: Option<u64>,
     mem_mode: Option<MemMode>,
@@ -373,6 +396,15 @@ fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
             };
             set_once(&mut raw.mem_mode, opt, mode)
         }
+        Opt::Boot => {
+            let text = utf8(opt, value)?;
+            let mode = match text.as_str() {
+                "dt" => BootMode::Dt,
+                "acpi" => BootMode::Acpi,
+                _ => return Err(invalid(opt, &text, "expected dt or acpi")),
+            };
+            set_once(&mut raw.boot, opt, mode)
+        }
         Opt::Apf => {
             let text = utf8(opt, value)?;
             let mode = match text.as_str() {
@@ -467,6 +499,41 @@ fn kernel_cmdline(text: &str) -> Result<String, ArgsError> {
         .map_err(|_| bad("not valid UTF-8".to_string()))
 }
 
+/// Whether the command line already chooses about EFI runtime services
+/// (`efi=runtime` or `efi=noruntime`, possibly in a list: `efi=debug,noruntime`).
+fn sets_efi_runtime(cmdline: &str) -> bool {
+    cmdline
+        .split_ascii_whitespace()
+        .filter_map(|word| word.strip_prefix("efi="))
+        .flat_map(|value| value.split(','))
+        .any(|option| option == "runtime" || option == "noruntime")
+}
+
+/// The command line for `--boot acpi`: `cmdline` with `EFI_NORUNTIME`
+/// added, unless it already says.
+fn acpi_cmdline(cmdline: String) -> Result<String, ArgsError> {
+    if sets_efi_runtime(&cmdline) {
+        return Ok(cmdline);
+    }
+    let text = if cmdline.is_empty() {
+        EFI_NORUNTIME.to_string()
+    } else {
+        format!("{cmdline} {EFI_NORUNTIME}")
+    };
+    if text.len() >= CMDLINE_CAPACITY {
+        return Err(invalid(
+            Opt::Cmdline,
+            &cmdline,
+            format!(
+                "{} bytes with the '{EFI_NORUNTIME}' that --boot acpi adds, the arm64 limit is {}",
+                text.len(),
+                CMDLINE_CAPACITY - 1
+            ),
+        ));
+    }
+    kernel_cmdline(&text)
+}
+
 fn finish(raw: Raw) -> Result<Args, ArgsError> {
     let kernel = raw.kernel.ok_or(ArgsError::MissingKernel)?;
     let mem_mode = raw.mem_mode.unwrap_or(MemMode::Plain);
@@ -516,12 +583,17 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         (MemMode::Plain | MemMode::Uffd, None, None) => None,
     };
 
-    let cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
+    let boot = raw.boot.unwrap_or(BootMode::Dt);
+    let mut cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
+    if boot == BootMode::Acpi {
+        cmdline = acpi_cmdline(cmdline)?;
+    }
 
     Ok(Args {
         kernel,
         initrd: raw.initrd,
         cmdline,
+        boot,
         vcpus: raw.vcpus.unwrap_or(DEFAULT_VCPUS),
         mem_mib: raw.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
         mem_mode,
@@ -573,6 +645,7 @@ mod tests {
         assert_eq!(a.kernel, PathBuf::from("/boot/Image"));
         assert_eq!(a.initrd, None);
         assert_eq!(a.cmdline, DEFAULT_CMDLINE);
+        assert_eq!(a.boot, BootMode::Dt);
         assert_eq!(a.vcpus, 1);
         assert_eq!(a.mem_mib, 512);
         assert_eq!(a.mem_mode, MemMode::Plain);
@@ -592,6 +665,8 @@ mod tests {
             "--initrd=i",
             "--cmdline",
             "console=ttyS0 init=/bin/sh",
+            "--boot",
+            "acpi",
             "--vcpus",
             "8",
             "--mem=4096",
@@ -609,7 +684,8 @@ mod tests {
         ]);
         assert_eq!(a.kernel, PathBuf::from("k"));
         assert_eq!(a.initrd, Some(PathBuf::from("i")));
-        assert_eq!(a.cmdline, "console=ttyS0 init=/bin/sh");
+        assert_eq!(a.cmdline, "console=ttyS0 init=/bin/sh efi=noruntime");
+        assert_eq!(a.boot, BootMode::Acpi);
         assert_eq!(a.vcpus, 8);
         assert_eq!(a.mem_mib, 4096);
         assert_eq!(a.mem_mode, MemMode::Uffd);
@@ -933,6 +1009,74 @@ mod tests {
                 "value {bad:?}"
             );
         }
+    }
+
+    #[test]
+    fn boot_values() {
+        let a = run_args(&["--kernel", "k", "--boot", "dt"]);
+        assert_eq!(a.boot, BootMode::Dt);
+        assert_eq!(
+            a.cmdline, DEFAULT_CMDLINE,
+            "dt leaves the command line alone"
+        );
+        let a = run_args(&["--kernel", "k", "--boot=acpi"]);
+        assert_eq!(a.boot, BootMode::Acpi);
+        assert_eq!(a.cmdline, format!("{DEFAULT_CMDLINE} efi=noruntime"));
+        for bad in ["ACPI", "uefi", "", "dt,acpi", "acpi "] {
+            assert_eq!(
+                err(&["--kernel", "k", "--boot", bad]),
+                ArgsError::InvalidValue {
+                    option: "--boot",
+                    value: bad.to_string(),
+                    reason: "expected dt or acpi".to_string(),
+                },
+                "value {bad:?}"
+            );
+        }
+        assert_eq!(
+            err(&["--kernel", "k", "--boot", "acpi", "--boot", "dt"]),
+            ArgsError::Duplicate("--boot")
+        );
+        assert_eq!(
+            err(&["--kernel", "k", "--boot"]),
+            ArgsError::MissingValue("--boot")
+        );
+        assert!(usage().contains("--boot dt|acpi"));
+    }
+
+    #[test]
+    fn acpi_cmdline_efi_runtime() {
+        let acpi = |cmdline: &str| {
+            run_args(&["--kernel", "k", "--boot", "acpi", "--cmdline", cmdline]).cmdline
+        };
+        assert_eq!(acpi("console=ttyS0"), "console=ttyS0 efi=noruntime");
+        assert_eq!(acpi(""), "efi=noruntime");
+        assert_eq!(acpi("efi=debug"), "efi=debug efi=noruntime");
+        assert_eq!(acpi("noefi=noruntime x"), "noefi=noruntime x efi=noruntime");
+        // The user's own choice stays.
+        for given in [
+            "efi=noruntime",
+            "quiet efi=runtime",
+            "efi=debug,noruntime console=ttyS0",
+        ] {
+            assert_eq!(acpi(given), given);
+        }
+        // Room for it is checked.
+        let room = "x".repeat(CMDLINE_CAPACITY - 1 - " efi=noruntime".len());
+        assert_eq!(acpi(&room), format!("{room} efi=noruntime"));
+        let full = "x".repeat(CMDLINE_CAPACITY - " efi=noruntime".len());
+        match err(&["--kernel", "k", "--boot", "acpi", "--cmdline", &full]) {
+            ArgsError::InvalidValue { option, reason, .. } => {
+                assert_eq!(option, "--cmdline");
+                assert!(reason.contains("--boot acpi adds"), "{reason}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Without --boot acpi the same command line is fine.
+        assert_eq!(
+            run_args(&["--kernel", "k", "--cmdline", &full]).cmdline,
+            full
+        );
     }
 
     #[test]

@@ -43,6 +43,38 @@ pub struct FdtConfig<'a> {
     pub initrd: Option<Region>,
 }
 
+/// `linux,uefi-secure-boot` value for "disabled" (`efi_secureboot_mode_disabled`
+/// in the kernel's `enum efi_secureboot_mode`, include/linux/efi.h).
+pub const UEFI_SECURE_BOOT_DISABLED: u32 = 2;
+
+/// What the EFI stub would leave in `/chosen` for the kernel
+/// (drivers/firmware/efi/fdtparams.c): where the EFI system table and the
+/// EFI memory map are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UefiParams {
+    /// Guest physical address of the EFI system table.
+    pub system_table: u64,
+    /// Guest physical address of the memory map.
+    pub mmap_start: u64,
+    /// Size of the memory map in bytes.
+    pub mmap_size: u32,
+    /// Size of one memory descriptor.
+    pub mmap_desc_size: u32,
+    /// Memory descriptor version (1).
+    pub mmap_desc_ver: u32,
+}
+
+/// What the stub device tree of `--boot acpi` carries: only `/chosen`.
+#[derive(Clone, Debug)]
+pub struct StubFdtConfig<'a> {
+    /// Kernel command line.
+    pub bootargs: &'a str,
+    /// Initrd location, if any.
+    pub initrd: Option<Region>,
+    /// Where the EFI system table and memory map are.
+    pub uefi: UefiParams,
+}
+
 /// Errors while writing the device tree.
 #[derive(Debug, Error)]
 pub enum FdtError {
@@ -65,7 +97,15 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
     fdt.property_u32("#size-cells", 2)?;
     fdt.property_u32("interrupt-parent", GIC_PHANDLE)?;
 
-    add_chosen(&mut fdt, cfg)?;
+    add_chosen(
+        &mut fdt,
+        &Chosen {
+            bootargs: cfg.bootargs,
+            initrd: cfg.initrd,
+            stdout_path: Some(format!("/{}", serial_node_name())),
+            uefi: None,
+        },
+    )?;
     add_memory(&mut fdt, cfg.ram)?;
     add_cpus(&mut fdt, cfg.vcpus)?;
     add_psci(&mut fdt)?;
@@ -74,6 +114,33 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
     add_serial(&mut fdt)?;
 
     fdt.end_node(root)?;
+    finish(fdt)
+}
+
+/// Builds the stub DTB of `--boot acpi`: a root with only `/chosen`, which
+/// makes an arm64 kernel use ACPI (`dt_is_stub()` in
+/// arch/arm64/kernel/acpi.c) and find the EFI system table and memory map
+/// as if the EFI stub had run. There is no `stdout-path`: the console is in
+/// the SPCR table.
+pub fn create_stub_fdt(cfg: &StubFdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
+    let mut fdt = FdtWriter::new()?;
+    let root = fdt.begin_node("")?;
+    fdt.property_u32("#address-cells", 2)?;
+    fdt.property_u32("#size-cells", 2)?;
+    add_chosen(
+        &mut fdt,
+        &Chosen {
+            bootargs: cfg.bootargs,
+            initrd: cfg.initrd,
+            stdout_path: None,
+            uefi: Some(cfg.uefi),
+        },
+    )?;
+    fdt.end_node(root)?;
+    finish(fdt)
+}
+
+fn finish(fdt: FdtWriter) -> Result<Vec<u8>, FdtError> {
     let blob = fdt.finish()?;
     if blob.len() as u64 > DTB_MAX_SIZE {
         return Err(FdtError::TooBig(blob.len()));
@@ -81,13 +148,35 @@ pub fn create_fdt(cfg: &FdtConfig<'_>) -> Result<Vec<u8>, FdtError> {
     Ok(blob)
 }
 
-fn add_chosen(fdt: &mut FdtWriter, cfg: &FdtConfig<'_>) -> Result<(), FdtError> {
+/// The properties of `/chosen`.
+struct Chosen<'a> {
+    bootargs: &'a str,
+    initrd: Option<Region>,
+    stdout_path: Option<String>,
+    uefi: Option<UefiParams>,
+}
+
+fn add_chosen(fdt: &mut FdtWriter, c: &Chosen<'_>) -> Result<(), FdtError> {
     let chosen = fdt.begin_node("chosen")?;
-    fdt.property_string("bootargs", cfg.bootargs)?;
-    fdt.property_string("stdout-path", &format!("/{}", serial_node_name()))?;
-    if let Some(initrd) = cfg.initrd {
+    fdt.property_string("bootargs", c.bootargs)?;
+    if let Some(path) = &c.stdout_path {
+        fdt.property_string("stdout-path", path)?;
+    }
+    if let Some(initrd) = c.initrd {
         fdt.property_u64("linux,initrd-start", initrd.base)?;
         fdt.property_u64("linux,initrd-end", initrd.end())?;
+    }
+    if let Some(uefi) = c.uefi {
+        // Names and cell sizes as the EFI stub writes them
+        // (drivers/firmware/efi/libstub/fdt.c); the kernel reads either
+        // size (efi_get_fdt_prop() in drivers/firmware/efi/fdtparams.c),
+        // and needs all six, linux,uefi-secure-boot included.
+        fdt.property_u64("linux,uefi-system-table", uefi.system_table)?;
+        fdt.property_u64("linux,uefi-mmap-start", uefi.mmap_start)?;
+        fdt.property_u32("linux,uefi-mmap-size", uefi.mmap_size)?;
+        fdt.property_u32("linux,uefi-mmap-desc-size", uefi.mmap_desc_size)?;
+        fdt.property_u32("linux,uefi-mmap-desc-ver", uefi.mmap_desc_ver)?;
+        fdt.property_u32("linux,uefi-secure-boot", UEFI_SECURE_BOOT_DISABLED)?;
     }
     fdt.end_node(chosen)?;
     Ok(())
@@ -372,6 +461,90 @@ mod tests {
             r,
             Err(FdtError::Writer(vm_fdt::Error::InvalidString))
         ));
+    }
+
+    const UEFI: UefiParams = UefiParams {
+        system_table: 0x5ff0_0000,
+        mmap_start: 0x5ff0_1000,
+        mmap_size: 200,
+        mmap_desc_size: 40,
+        mmap_desc_ver: 1,
+    };
+
+    fn stub(initrd: Option<Region>, bootargs: &str) -> Vec<u8> {
+        create_stub_fdt(&StubFdtConfig {
+            bootargs,
+            initrd,
+            uefi: UEFI,
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn stub_has_only_chosen() {
+        let blob = stub(None, "console=ttyS0 efi=noruntime");
+        let fdt = Fdt::new(&blob).unwrap();
+        let root = fdt.find_node("/").unwrap();
+        let children: Vec<_> = root.children().map(|n| n.name).collect();
+        assert_eq!(children, vec!["chosen"]);
+        // The root has only the cell sizes; no compatible, no memory.
+        let props: Vec<_> = root.properties().map(|p| p.name).collect();
+        assert_eq!(props, vec!["#address-cells", "#size-cells"]);
+        assert_eq!(be32s(prop(root, "#address-cells")), vec![2]);
+        assert_eq!(be32s(prop(root, "#size-cells")), vec![2]);
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert_eq!(chosen.children().count(), 0);
+        assert!(chosen.property("stdout-path").is_none());
+        assert_eq!(fdt.chosen().bootargs(), Some("console=ttyS0 efi=noruntime"));
+        assert!(fdt.find_node("/memory").is_none());
+    }
+
+    #[test]
+    fn stub_carries_uefi_params() {
+        let blob = stub(None, "");
+        let fdt = Fdt::new(&blob).unwrap();
+        let chosen = fdt.find_node("/chosen").unwrap();
+        // 64-bit addresses, 32-bit sizes and version, as the EFI stub writes them.
+        assert_eq!(
+            be64s(prop(chosen, "linux,uefi-system-table")),
+            vec![0x5ff0_0000]
+        );
+        assert_eq!(
+            be64s(prop(chosen, "linux,uefi-mmap-start")),
+            vec![0x5ff0_1000]
+        );
+        assert_eq!(be32s(prop(chosen, "linux,uefi-mmap-size")), vec![200]);
+        assert_eq!(be32s(prop(chosen, "linux,uefi-mmap-desc-size")), vec![40]);
+        assert_eq!(be32s(prop(chosen, "linux,uefi-mmap-desc-ver")), vec![1]);
+        assert_eq!(
+            be32s(prop(chosen, "linux,uefi-secure-boot")),
+            vec![UEFI_SECURE_BOOT_DISABLED]
+        );
+        assert!(chosen.property("linux,initrd-start").is_none());
+    }
+
+    #[test]
+    fn stub_keeps_initrd() {
+        let initrd = Region {
+            base: 0x5000_0000,
+            size: 0x1000,
+        };
+        let blob = stub(Some(initrd), "quiet");
+        let fdt = Fdt::new(&blob).unwrap();
+        let node = fdt.find_node("/chosen").unwrap();
+        assert_eq!(be64s(prop(node, "linux,initrd-start")), vec![0x5000_0000]);
+        assert_eq!(be64s(prop(node, "linux,initrd-end")), vec![0x5000_1000]);
+        assert!(blob.len() < 1024, "stub DTB is {} bytes", blob.len());
+    }
+
+    #[test]
+    fn full_tree_has_no_uefi_params() {
+        let blob = build(1, None, "");
+        let fdt = Fdt::new(&blob).unwrap();
+        let node = fdt.find_node("/chosen").unwrap();
+        assert!(node.property("linux,uefi-system-table").is_none());
+        assert!(node.property("linux,uefi-secure-boot").is_none());
+        assert!(fdt.find_node("/").unwrap().children().count() > 1);
     }
 
     #[test]

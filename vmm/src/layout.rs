@@ -10,6 +10,14 @@
 //!              DTB in the last 2 MiB aligned block
 //! ```
 //!
+//! With `--boot acpi` the DTB block is shared (see [`firmware_layout`]):
+//!
+//! ```text
+//! DTB block + 0          stub device tree         1 MiB
+//! DTB block + 1 MiB      EFI system table, memory map   64 KiB
+//! DTB block + 1 MiB + 64 KiB  ACPI tables (RSDP first)  64 KiB
+//! ```
+//!
 //! Everything here is a pure function of the RAM size, the kernel header and
 //! the initrd size, so it is unit tested without KVM.
 
@@ -95,6 +103,29 @@ const _: () = assert!(RAM_START % KERNEL_BASE_ALIGN == 0);
 const _: () = assert!(SPI_BASE_INTID + SERIAL_SPI < GIC_NR_IRQS);
 // The vGIC needs a multiple of 32 interrupts, at least 64.
 const _: () = assert!(GIC_NR_IRQS % 32 == 0 && GIC_NR_IRQS >= 64);
+
+/// With `--boot acpi`: offset of the firmware tables in the DTB block. The
+/// stub device tree before it is a few hundred bytes.
+pub const FIRMWARE_OFFSET: u64 = MIB;
+/// Alignment and size granule of the firmware regions: the largest arm64
+/// page size, so that a kernel with 64 KiB pages sees the same EFI memory
+/// map boundaries (it rounds each region out to whole pages).
+pub const FIRMWARE_ALIGN: u64 = 64 * 1024;
+/// Room for the EFI system table, its configuration table and the EFI
+/// memory map.
+pub const EFI_REGION_SIZE: u64 = 64 * 1024;
+/// Room for the ACPI tables.
+pub const ACPI_REGION_SIZE: u64 = 64 * 1024;
+
+// The firmware regions are aligned and fit in the DTB block after the stub DT.
+const _: () = assert!(FIRMWARE_OFFSET % FIRMWARE_ALIGN == 0);
+const _: () = assert!(EFI_REGION_SIZE % FIRMWARE_ALIGN == 0);
+const _: () = assert!(ACPI_REGION_SIZE % FIRMWARE_ALIGN == 0);
+const _: () = assert!(FIRMWARE_OFFSET + EFI_REGION_SIZE + ACPI_REGION_SIZE <= DTB_MAX_SIZE);
+// The DTB block (2 MiB aligned) keeps the firmware regions aligned.
+const _: () = assert!(KERNEL_BASE_ALIGN % FIRMWARE_ALIGN == 0);
+// The UART is described to ACPI with a 32-bit memory descriptor.
+const _: () = assert!(SERIAL_BASE + SERIAL_SIZE <= 1 << 32);
 
 /// A guest physical address range.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -200,6 +231,38 @@ pub enum LayoutError {
         /// Start of the DTB block.
         dtb: u64,
     },
+}
+
+/// Where the `--boot acpi` structures go: all in the DTB block, which is
+/// above the kernel and the initrd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FirmwareLayout {
+    /// The stub device tree; starts where [`Layout::dtb`] does (x0).
+    pub dtb: Region,
+    /// EFI system table, configuration table and memory map.
+    pub efi: Region,
+    /// ACPI tables.
+    pub acpi: Region,
+}
+
+/// Splits the DTB block of `layout` for `--boot acpi`.
+pub fn firmware_layout(layout: &Layout) -> FirmwareLayout {
+    let block = layout.dtb;
+    let efi = Region {
+        base: block.base + FIRMWARE_OFFSET,
+        size: EFI_REGION_SIZE,
+    };
+    FirmwareLayout {
+        dtb: Region {
+            base: block.base,
+            size: FIRMWARE_OFFSET,
+        },
+        efi,
+        acpi: Region {
+            base: efi.end(),
+            size: ACPI_REGION_SIZE,
+        },
+    }
 }
 
 /// Rounds `x` down to a multiple of `align` (a power of two).
@@ -451,6 +514,39 @@ mod tests {
         assert!(r
             .iter()
             .all(|i| (PPI_BASE_INTID..SPI_BASE_INTID).contains(i)));
+    }
+
+    #[test]
+    fn firmware_layout_in_the_dtb_block() {
+        for mem in [64, 65, 100, 512, 4096] {
+            for initrd in [None, Some(1), Some(8 * MIB + 3)] {
+                let k = kernel(0x8_0000, 17 * MIB + 5);
+                let l = compute(mem * MIB, &k, initrd).unwrap();
+                let fw = firmware_layout(&l);
+                // x0 still points at the device tree.
+                assert_eq!(fw.dtb.base, l.dtb.base);
+                let parts = [fw.dtb, fw.efi, fw.acpi];
+                for (i, r) in parts.iter().enumerate() {
+                    assert!(l.dtb.contains(r), "{r:?} outside the DTB block");
+                    assert!(l.ram.contains(r));
+                    assert_eq!(r.base % FIRMWARE_ALIGN, 0);
+                    assert_eq!(r.size % FIRMWARE_ALIGN, 0);
+                    assert!(r.size > 0);
+                    assert!(!r.overlaps(&l.kernel));
+                    if let Some(initrd) = l.initrd {
+                        assert!(!r.overlaps(&initrd));
+                    }
+                    for o in &parts[i + 1..] {
+                        assert!(!r.overlaps(o), "{r:?} overlaps {o:?}");
+                    }
+                }
+            }
+        }
+        let l = compute(512 * MIB, &kernel(0, 40 * MIB), None).unwrap();
+        let fw = firmware_layout(&l);
+        assert_eq!(fw.efi.base, RAM_START + 511 * MIB);
+        assert_eq!(fw.acpi.base, RAM_START + 511 * MIB + 0x1_0000);
+        assert_eq!(fw.acpi.end(), RAM_START + 511 * MIB + 0x2_0000);
     }
 
     #[test]

@@ -7,18 +7,20 @@
 //! statistics at exit.
 //!
 //! Everything up to the KVM calls (arguments, input files, layout, device
-//! tree, memory modes) builds and is tested on any Linux host; the VM itself
-//! only exists on aarch64.
+//! tree or ACPI and EFI tables, memory modes) builds and is tested on any
+//! Linux host; the VM itself only exists on aarch64.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 // On other architectures the VM path is compiled out, which leaves parts of
 // the shared code without a caller there; the aarch64 build has them all.
 #![cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 
+mod acpi;
 mod apf;
 mod args;
 mod bus;
 mod cgroup;
+mod efi;
 mod evict;
 mod fdt;
 mod image;
@@ -45,12 +47,14 @@ use std::process::ExitCode;
 
 use thiserror::Error;
 
-use args::{ArgsError, Command};
+use acpi::AcpiError;
+use args::{ArgsError, BootMode, Command};
 use cgroup::CgroupError;
+use efi::EfiError;
 use fdt::FdtError;
 use image::{ImageError, KernelInfo};
 use layout::{Layout, LayoutError, MIB};
-use memory::MemoryError;
+use memory::{Blob, MemoryError};
 use pagestore::PageStoreError;
 use uffd::UffdError;
 
@@ -70,6 +74,10 @@ enum Error {
     Layout(#[from] LayoutError),
     #[error(transparent)]
     Fdt(#[from] FdtError),
+    #[error(transparent)]
+    Acpi(#[from] AcpiError),
+    #[error(transparent)]
+    Efi(#[from] EfiError),
     #[error(transparent)]
     Memory(#[from] MemoryError),
     #[error(transparent)]
@@ -104,11 +112,67 @@ impl Error {
 struct Prepared {
     args: args::Args,
     layout: Layout,
-    dtb: Vec<u8>,
+    /// The device tree (first; x0 points at it) and, with `--boot acpi`,
+    /// the EFI and ACPI tables.
+    firmware: Vec<Blob>,
     uffd_source: Option<File>,
 }
 
-/// Checks the input files, places them in guest RAM and writes the DTB.
+/// What tells the guest kernel about the machine: the device tree, or for
+/// `--boot acpi` the stub device tree, the EFI structures and the ACPI
+/// tables.
+fn firmware(args: &args::Args, layout: &Layout) -> Result<Vec<Blob>, Error> {
+    match args.boot {
+        BootMode::Dt => {
+            let dtb = fdt::create_fdt(&fdt::FdtConfig {
+                vcpus: args.vcpus,
+                ram: layout.ram,
+                bootargs: &args.cmdline,
+                initrd: layout.initrd,
+            })?;
+            Ok(vec![Blob {
+                what: "device tree",
+                region: layout.dtb,
+                bytes: dtb,
+            }])
+        }
+        BootMode::Acpi => {
+            let fw = layout::firmware_layout(layout);
+            let acpi = acpi::create_acpi_tables(args.vcpus, fw.acpi)?;
+            let efi = efi::create_efi_tables(&efi::EfiConfig {
+                ram: layout.ram,
+                efi: fw.efi,
+                acpi: fw.acpi,
+                rsdp: acpi.rsdp,
+            })?;
+            let dtb = fdt::create_stub_fdt(&fdt::StubFdtConfig {
+                bootargs: &args.cmdline,
+                initrd: layout.initrd,
+                uefi: efi.params,
+            })?;
+            Ok(vec![
+                Blob {
+                    what: "stub device tree",
+                    region: fw.dtb,
+                    bytes: dtb,
+                },
+                Blob {
+                    what: "EFI tables",
+                    region: fw.efi,
+                    bytes: efi.blob,
+                },
+                Blob {
+                    what: "ACPI tables",
+                    region: fw.acpi,
+                    bytes: acpi.blob,
+                },
+            ])
+        }
+    }
+}
+
+/// Checks the input files, places them in guest RAM and writes the DTB
+/// (and the EFI and ACPI tables).
 fn prepare(args: args::Args) -> Result<Prepared, Error> {
     let kernel: KernelInfo = image::inspect_kernel(&args.kernel)?;
     let initrd_size = args
@@ -123,16 +187,11 @@ fn prepare(args: args::Args) -> Result<Prepared, Error> {
         .map(image::open_uffd_source)
         .transpose()?;
     let layout = layout::compute(args.mem_mib * MIB, &kernel, initrd_size)?;
-    let dtb = fdt::create_fdt(&fdt::FdtConfig {
-        vcpus: args.vcpus,
-        ram: layout.ram,
-        bootargs: &args.cmdline,
-        initrd: layout.initrd,
-    })?;
+    let firmware = firmware(&args, &layout)?;
     Ok(Prepared {
         args,
         layout,
-        dtb,
+        firmware,
         uffd_source,
     })
 }
@@ -175,7 +234,7 @@ fn run(p: Prepared) -> Result<u8, Error> {
     let Prepared {
         args,
         layout,
-        dtb,
+        firmware,
         uffd_source,
     } = p;
     let quiet = args.quiet;
@@ -194,7 +253,9 @@ fn run(p: Prepared) -> Result<u8, Error> {
     if let (Some(path), Some(region)) = (args.initrd.as_deref(), layout.initrd) {
         memory::load_initrd(&mem, path, region)?;
     }
-    memory::load_dtb(&mem, &dtb, layout.dtb)?;
+    for blob in &firmware {
+        memory::load_blob(&mem, blob)?;
+    }
 
     let (tx, rx) = mpsc::channel::<VmEvent>();
     // The guest may ask for an eviction pass on its console; the evictor
@@ -370,6 +431,182 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("apf-vmm: error: {e}");
             ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::ffi::OsString;
+
+    use vm_memory::{Bytes, GuestAddress};
+
+    use super::*;
+
+    /// A minimal arm64 Image (valid header, `image_size` as given) in a
+    /// temporary file, removed on drop.
+    struct TempImage(std::path::PathBuf);
+
+    impl TempImage {
+        fn new(name: &str, image_size: u64) -> TempImage {
+            let mut h = vec![0u8; 4096];
+            h[16..24].copy_from_slice(&image_size.to_le_bytes());
+            h[24..32].copy_from_slice(&0b010u64.to_le_bytes());
+            h[56..60].copy_from_slice(b"ARM\x64");
+            let path =
+                std::env::temp_dir().join(format!("apf-vmm-main-{}-{name}", std::process::id()));
+            std::fs::write(&path, h).unwrap();
+            TempImage(path)
+        }
+    }
+
+    impl Drop for TempImage {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn prepared(extra: &[&str]) -> (Prepared, TempImage, TempImage) {
+        let kernel = TempImage::new("Image", 16 * MIB);
+        let initrd = TempImage::new("initrd", 0);
+        let mut argv: Vec<OsString> = vec![
+            "--kernel".into(),
+            kernel.0.clone().into(),
+            "--initrd".into(),
+            initrd.0.clone().into(),
+        ];
+        argv.extend(extra.iter().map(OsString::from));
+        let Ok(Command::Run(args)) = args::parse(argv) else {
+            panic!("bad test arguments");
+        };
+        (prepare(*args).unwrap(), kernel, initrd)
+    }
+
+    fn u32_at(b: &[u8], off: usize) -> u32 {
+        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+    }
+
+    fn u64_at(b: &[u8], off: usize) -> u64 {
+        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+    }
+
+    fn be(bytes: &[u8]) -> u64 {
+        bytes.iter().fold(0, |v, b| (v << 8) | u64::from(*b))
+    }
+
+    #[test]
+    fn dt_boot_writes_the_full_device_tree() {
+        let (p, _k, _i) = prepared(&["--vcpus", "2"]);
+        assert_eq!(p.firmware.len(), 1);
+        assert_eq!(p.firmware[0].region, p.layout.dtb);
+        let fdt = ::fdt::Fdt::new(&p.firmware[0].bytes).unwrap();
+        assert!(fdt.find_node("/cpus").is_some());
+        let chosen = fdt.find_node("/chosen").unwrap();
+        assert!(chosen.property("linux,uefi-system-table").is_none());
+        assert!(!p.args.cmdline.contains("efi=noruntime"));
+    }
+
+    /// Loads what `--boot acpi` prepares into guest RAM and follows it the
+    /// way the kernel does: DT at x0 → /chosen → EFI system table →
+    /// configuration table → RSDP → XSDT → tables; EFI memory map.
+    #[test]
+    fn acpi_boot_as_the_kernel_sees_it() {
+        let (p, _k, _i) = prepared(&["--boot", "acpi", "--vcpus", "3", "--mem", "256"]);
+        assert!(p.args.cmdline.ends_with(" efi=noruntime"));
+        let mem = memory::create(&p.layout).unwrap();
+        for blob in &p.firmware {
+            memory::load_blob(&mem, blob).unwrap();
+        }
+        let read = |addr: u64, len: usize| {
+            let mut v = vec![0u8; len];
+            mem.read_slice(&mut v, GuestAddress(addr)).unwrap();
+            v
+        };
+
+        // The device tree at x0 is the stub.
+        let dtb = read(p.layout.dtb.base, 4096);
+        let fdt = ::fdt::Fdt::new(&dtb).unwrap();
+        let names: Vec<_> = fdt
+            .find_node("/")
+            .unwrap()
+            .children()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(names, vec!["chosen"]);
+        assert_eq!(fdt.chosen().bootargs(), Some(p.args.cmdline.as_str()));
+        let chosen = fdt.find_node("/chosen").unwrap();
+        let prop = |name: &str| be(chosen.property(name).unwrap().value);
+        let systab = prop("linux,uefi-system-table");
+        let mmap = prop("linux,uefi-mmap-start");
+        let mmap_size = prop("linux,uefi-mmap-size") as usize;
+        let desc_size = prop("linux,uefi-mmap-desc-size") as usize;
+        assert_eq!(prop("linux,uefi-mmap-desc-ver"), 1);
+        let initrd = p.layout.initrd.unwrap();
+        assert_eq!(prop("linux,initrd-start"), initrd.base);
+
+        // System table → configuration table → RSDP.
+        let st = read(systab, 120);
+        assert_eq!(&st[..8], b"IBI SYST");
+        let n = u64_at(&st, 104) as usize;
+        let ct = read(u64_at(&st, 112), 24 * n);
+        let acpi20 = r_efi::efi::ACPI_20_TABLE_GUID;
+        let rsdp = (0..n)
+            .find(|i| &ct[24 * i..24 * i + 16] == acpi20.as_bytes())
+            .map(|i| u64_at(&ct, 24 * i + 16))
+            .unwrap();
+        let r = read(rsdp, 36);
+        assert_eq!(&r[..8], b"RSD PTR ");
+        let xsdt_addr = u64_at(&r, 24);
+        let xsdt_len = u32_at(&read(xsdt_addr, 8), 4) as usize;
+        let xsdt = read(xsdt_addr, xsdt_len);
+        let mut tables = vec![xsdt_addr];
+        tables.extend(xsdt[36..].chunks_exact(8).map(|e| u64_at(e, 0)));
+        let mut sigs = Vec::new();
+        for addr in &tables {
+            let len = u32_at(&read(*addr, 8), 4) as usize;
+            let t = read(*addr, len);
+            assert_eq!(t.iter().fold(0u8, |a, b| a.wrapping_add(*b)), 0);
+            sigs.push(String::from_utf8(t[..4].to_vec()).unwrap());
+            if &t[..4] == b"APIC" {
+                let gicc = t[44..]
+                    .iter()
+                    .step_by(82)
+                    .take_while(|ty| **ty == 0xb)
+                    .count();
+                assert_eq!(gicc, 3);
+            }
+        }
+        assert_eq!(sigs, ["XSDT", "FACP", "APIC", "GTDT", "SPCR"]);
+
+        // The memory map: RAM once; the tables in ACPI reclaim memory, the
+        // system table and the map itself in memory the kernel keeps, and
+        // the kernel, initrd and DT in conventional memory.
+        let map = read(mmap, mmap_size);
+        let entries: Vec<(u32, u64, u64)> = map
+            .chunks_exact(desc_size)
+            .map(|d| (u32_at(d, 0), u64_at(d, 8), u64_at(d, 24) * 4096))
+            .collect();
+        let type_of = |addr: u64| {
+            let hits: Vec<_> = entries
+                .iter()
+                .filter(|(_, base, size)| (*base..base + size).contains(&addr))
+                .collect();
+            assert_eq!(hits.len(), 1, "{addr:#x} in {} entries", hits.len());
+            hits[0].0
+        };
+        for addr in [p.layout.ram.base, p.layout.ram.end() - 1] {
+            type_of(addr);
+        }
+        let total: u64 = entries.iter().map(|e| e.2).sum();
+        assert_eq!(total, p.layout.ram.size);
+        for addr in tables.iter().copied().chain([rsdp]) {
+            assert_eq!(type_of(addr), r_efi::efi::ACPI_RECLAIM_MEMORY);
+        }
+        for addr in [systab, mmap, mmap + mmap_size as u64 - 1] {
+            assert_eq!(type_of(addr), r_efi::efi::RUNTIME_SERVICES_DATA);
+        }
+        for addr in [p.layout.kernel.base, initrd.base, p.layout.dtb.base] {
+            assert_eq!(type_of(addr), r_efi::efi::CONVENTIONAL_MEMORY);
         }
     }
 }

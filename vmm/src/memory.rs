@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
 //! Guest RAM (one anonymous mapping through vm-memory) and loading of the
-//! kernel, initrd and device tree into it.
+//! kernel, initrd, device tree and (with `--boot acpi`) the EFI and ACPI
+//! tables into it.
 
 use std::fs::File;
 use std::io;
@@ -132,18 +133,34 @@ pub fn load_initrd(mem: &GuestMem, path: &Path, region: Region) -> Result<(), Me
         })
 }
 
-/// Copies the DTB into `region`.
-pub fn load_dtb(mem: &GuestMem, dtb: &[u8], region: Region) -> Result<(), MemoryError> {
-    if dtb.len() as u64 > region.size {
+/// Bytes built by the VMM for a place in guest RAM.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blob {
+    /// What they are, for error messages.
+    pub what: &'static str,
+    /// Where they go; they may be shorter.
+    pub region: Region,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// Copies `blob.bytes` to the start of `blob.region`.
+pub fn load_blob(mem: &GuestMem, blob: &Blob) -> Result<(), MemoryError> {
+    let Blob {
+        what,
+        region,
+        ref bytes,
+    } = *blob;
+    if bytes.len() as u64 > region.size {
         return Err(MemoryError::TooBig {
-            what: "device tree",
-            size: dtb.len() as u64,
+            what,
+            size: bytes.len() as u64,
             room: region.size,
         });
     }
-    mem.write_slice(dtb, GuestAddress(region.base))
+    mem.write_slice(bytes, GuestAddress(region.base))
         .map_err(|source| MemoryError::Load {
-            what: "device tree",
+            what,
             addr: region.base,
             source,
         })
@@ -216,7 +233,12 @@ mod tests {
         assert_eq!(back, data);
 
         let dtb = [0xd0u8, 0x0d, 0xfe, 0xed, 1, 2, 3];
-        load_dtb(&mem, &dtb, l.dtb).unwrap();
+        let blob = Blob {
+            what: "device tree",
+            region: l.dtb,
+            bytes: dtb.to_vec(),
+        };
+        load_blob(&mem, &blob).unwrap();
         let mut back = [0u8; 7];
         mem.read_slice(&mut back, GuestAddress(l.dtb.base)).unwrap();
         assert_eq!(back, dtb);
@@ -238,6 +260,55 @@ mod tests {
     }
 
     #[test]
+    fn blobs_land_where_the_layout_says() {
+        let l = layout(None);
+        let mem = create(&l).unwrap();
+        let fw = layout::firmware_layout(&l);
+        let blobs = [
+            Blob {
+                what: "device tree",
+                region: fw.dtb,
+                bytes: vec![0xd0, 0x0d, 0xfe, 0xed],
+            },
+            Blob {
+                what: "EFI tables",
+                region: fw.efi,
+                bytes: b"IBI SYST".to_vec(),
+            },
+            Blob {
+                what: "ACPI tables",
+                region: fw.acpi,
+                bytes: vec![0x5a; 4096],
+            },
+        ];
+        for b in &blobs {
+            load_blob(&mem, b).unwrap();
+        }
+        for b in &blobs {
+            let mut back = vec![0u8; b.bytes.len()];
+            mem.read_slice(&mut back, GuestAddress(b.region.base))
+                .unwrap();
+            assert_eq!(back, b.bytes, "{}", b.what);
+        }
+        // Outside guest RAM.
+        let outside = Blob {
+            what: "ACPI tables",
+            region: Region {
+                base: l.ram.end(),
+                size: 4096,
+            },
+            bytes: vec![1],
+        };
+        assert!(matches!(
+            load_blob(&mem, &outside),
+            Err(MemoryError::Load {
+                what: "ACPI tables",
+                ..
+            })
+        ));
+    }
+
+    #[test]
     fn dtb_larger_than_its_block_rejected() {
         let l = layout(None);
         let mem = create(&l).unwrap();
@@ -246,7 +317,14 @@ mod tests {
             size: 4,
         };
         assert!(matches!(
-            load_dtb(&mem, &[0u8; 5], small),
+            load_blob(
+                &mem,
+                &Blob {
+                    what: "device tree",
+                    region: small,
+                    bytes: vec![0; 5],
+                }
+            ),
             Err(MemoryError::TooBig { .. })
         ));
     }

@@ -63,6 +63,7 @@ fn help_exits_zero() {
     for opt in [
         "--initrd",
         "--cmdline",
+        "--boot",
         "--vcpus",
         "--mem ",
         "--mem-mode",
@@ -91,6 +92,10 @@ fn bad_arguments_exit_two() {
         ),
         (&["--kernel", "k", "--mem-mode", "zram"], "for --mem-mode"),
         (&["--kernel", "k", "--apf", "off"], "for --apf"),
+        (
+            &["--kernel", "k", "--boot", "uefi"],
+            "invalid value 'uefi' for --boot: expected dt or acpi",
+        ),
         (&["--kernel", "k", "--apf-irq", "27"], "for --apf-irq"),
         (
             &["--kernel", "k", "--frobnicate"],
@@ -167,13 +172,16 @@ fn valid_input_reaches_the_vm_stage() {
     let s = Scratch::new("valid");
     let kernel = s.file("Image", &image(16 << 20));
     let initrd = s.file("initrd.cpio", &[7u8; 1000]);
-    let o = vmm(&[
-        "--kernel", &kernel, "--initrd", &initrd, "--vcpus", "2", "--mem", "128",
-    ]);
-    assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains("only on an arm64 KVM host"),
-        "{}",
-        stderr(&o)
-    );
+    for boot in ["dt", "acpi"] {
+        let o = vmm(&[
+            "--kernel", &kernel, "--initrd", &initrd, "--vcpus", "2", "--mem", "128", "--boot",
+            boot,
+        ]);
+        assert_eq!(o.status.code(), Some(1), "--boot {boot}");
+        assert!(
+            stderr(&o).contains("only on an arm64 KVM host"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
