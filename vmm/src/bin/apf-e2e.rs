@@ -232,6 +232,9 @@ fn run(args: E2eArgs) -> u8 {
         .collect();
     say(&format!("e2e: running {}", cmdline.join(" ")));
     let mut obs = Observations::default();
+    for text in &args.console_has {
+        obs.watch(text);
+    }
     let (end, pid) = match run_vmm(&args, &mut obs) {
         Ok(r) => r,
         Err(e) => {

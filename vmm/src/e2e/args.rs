@@ -48,6 +48,8 @@ pub struct E2eArgs {
     pub timeout_secs: u64,
     /// Lower bounds on the guest's `/proc/kvm_apf` counters, by name.
     pub guest_min: Vec<(String, u64)>,
+    /// Texts that some line of the output must contain.
+    pub console_has: Vec<String>,
     /// The VMM and its arguments.
     pub command: Vec<OsString>,
 }
@@ -109,6 +111,7 @@ pub fn usage() -> String {
          \x20                       (default {DEFAULT_PAGE_CLUSTER}: no swap readahead)\n\
          \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
          \x20 --guest-min NAME=N    the guest's /proc/kvm_apf counter NAME ends at least N (repeatable)\n\
+         \x20 --console-has TEXT    some line of the output contains TEXT (repeatable)\n\
          \x20 -h, --help            this text\n\
          \n\
          With swap, the run also fails unless the swap device was read from during\n\
@@ -170,6 +173,7 @@ where
     let mut page_cluster = None;
     let mut timeout = None;
     let mut guest_min = Vec::new();
+    let mut console_has = Vec::new();
     let mut command = None;
 
     while let Some(arg) = iter.next() {
@@ -192,6 +196,7 @@ where
             "--page-cluster" => "--page-cluster",
             "--timeout" => "--timeout",
             "--guest-min" => "--guest-min",
+            "--console-has" => "--console-has",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
         let value = match inline {
@@ -237,6 +242,16 @@ where
                 set_once(&mut page_cluster, option, n)?;
             }
             "--guest-min" => guest_min.push(counter_min(option, &value)?),
+            "--console-has" => match value.to_str().filter(|t| !t.is_empty()) {
+                Some(text) => console_has.push(text.to_string()),
+                None => {
+                    return Err(E2eArgsError::InvalidValue {
+                        option,
+                        value: value.to_string_lossy().into_owned(),
+                        reason: "expected a non-empty UTF-8 text".into(),
+                    })
+                }
+            },
             _ => {
                 let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
                 set_once(&mut timeout, option, n)?;
@@ -258,6 +273,7 @@ where
         page_cluster: with_swap.then(|| page_cluster.unwrap_or(DEFAULT_PAGE_CLUSTER)),
         timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         guest_min,
+        console_has,
         command,
     }))
 }
@@ -412,5 +428,18 @@ mod tests {
                 })
             ));
         }
+    }
+
+    #[test]
+    fn console_has_is_repeatable_and_not_empty() {
+        let a = run(&["--console-has", "ACPI: APIC ", "--console-has=x", "--", "v"]);
+        assert_eq!(a.console_has, ["ACPI: APIC ", "x"]);
+        assert!(matches!(
+            p(&["--console-has", "", "--", "v"]),
+            Err(E2eArgsError::InvalidValue {
+                option: "--console-has",
+                ..
+            })
+        ));
     }
 }

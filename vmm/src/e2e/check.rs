@@ -227,6 +227,9 @@ pub fn evaluate(
             ));
         }
     }
+    for (text, seen) in &obs.watched {
+        checks.push(check("console-has", *seen, format!("{text:?}")));
+    }
     for (name, min) in guest_min {
         checks.push(match obs.kvm_apf.get(name) {
             Some(&v) => check(
@@ -501,5 +504,23 @@ mod tests {
             )),
             1
         );
+    }
+
+    #[test]
+    fn console_has_needs_a_line_with_the_text() {
+        let mut o = Observations::default();
+        o.watch("ACPI: APIC ");
+        o.watch("never");
+        for line in GOOD {
+            o.feed(line);
+        }
+        o.feed("[    0.000000] ACPI: APIC 0x000000004FF101F0 0000F8 (v01 APFVMM APFVMM   00000001 RVAT 01000000)");
+        let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
+        let failed: Vec<_> = c
+            .iter()
+            .filter(|c| !c.ok)
+            .map(|c| c.details.as_str())
+            .collect();
+        assert_eq!(failed, ["\"never\""]);
     }
 }

@@ -58,6 +58,9 @@ pub struct Observations {
     pub guest_not_offered: bool,
     /// The guest's `/proc/kvm_apf` counters as the workload printed them.
     pub kvm_apf: BTreeMap<String, u64>,
+    /// Texts watched for with [`Observations::watch`], and whether a line
+    /// contained each.
+    pub watched: BTreeMap<String, bool>,
     /// Host counters by vCPU index.
     pub host: BTreeMap<u32, HostApf>,
     /// vCPUs whose statistics the VMM could not read.
@@ -102,9 +105,17 @@ fn host_line(line: &str) -> Option<(u32, Option<HostApf>)> {
 }
 
 impl Observations {
+    /// Starts looking for lines that contain `text`.
+    pub fn watch(&mut self, text: &str) {
+        self.watched.insert(text.to_string(), false);
+    }
+
     /// Takes one line of output (without its newline).
     pub fn feed(&mut self, line: &str) {
         self.lines += 1;
+        for (text, seen) in self.watched.iter_mut() {
+            *seen |= line.contains(text.as_str());
+        }
         if self.workload.is_none() {
             if let Some(rest) = after(line, WORKLOAD_OK) {
                 self.workload = Some(Workload::Ok(rest.trim().to_string()));
