@@ -285,6 +285,7 @@ fn dsdt(vcpus: u8) -> Sdt {
 mod tests {
     use super::*;
     use crate::layout::{ACPI_REGION_SIZE, GICD_SIZE};
+    use crate::testutil::{u16_at, u32_at, u64_at};
 
     const BASE: u64 = 0x5ff1_0000;
 
@@ -293,18 +294,6 @@ mod tests {
             base: BASE,
             size: ACPI_REGION_SIZE,
         }
-    }
-
-    fn u16_at(b: &[u8], off: usize) -> u16 {
-        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
-    }
-
-    fn u32_at(b: &[u8], off: usize) -> u32 {
-        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-    }
-
-    fn u64_at(b: &[u8], off: usize) -> u64 {
-        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
     }
 
     fn sum(b: &[u8]) -> u8 {

@@ -315,18 +315,7 @@ mod tests {
     use crate::layout::{
         compute, firmware_layout, ACPI_REGION_SIZE, EFI_REGION_SIZE, MIB, RAM_START,
     };
-
-    fn u16_at(b: &[u8], off: usize) -> u16 {
-        u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
-    }
-
-    fn u32_at(b: &[u8], off: usize) -> u32 {
-        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-    }
-
-    fn u64_at(b: &[u8], off: usize) -> u64 {
-        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
-    }
+    use crate::testutil::{u16_at, u32_at, u64_at};
 
     /// A realistic configuration: the regions `firmware_layout` gives.
     fn config(mem_mib: u64) -> EfiConfig {

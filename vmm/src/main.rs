@@ -442,6 +442,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
+    use crate::testutil::{u32_at, u64_at};
 
     /// A minimal arm64 Image (valid header, `image_size` as given) in a
     /// temporary file, removed on drop.
@@ -480,14 +481,6 @@ mod tests {
             panic!("bad test arguments");
         };
         (prepare(*args).unwrap(), kernel, initrd)
-    }
-
-    fn u32_at(b: &[u8], off: usize) -> u32 {
-        u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
-    }
-
-    fn u64_at(b: &[u8], off: usize) -> u64 {
-        u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
     }
 
     fn be(bytes: &[u8]) -> u64 {

@@ -2,6 +2,21 @@
 
 //! Helpers shared by the unit tests.
 
+/// The little-endian `u16` at `off` in `b`.
+pub fn u16_at(b: &[u8], off: usize) -> u16 {
+    u16::from_le_bytes(b[off..off + 2].try_into().unwrap())
+}
+
+/// The little-endian `u32` at `off` in `b`.
+pub fn u32_at(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+/// The little-endian `u64` at `off` in `b`.
+pub fn u64_at(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
 /// An anonymous private mapping, unmapped on drop.
 pub struct Anon {
     /// Start of the mapping.
