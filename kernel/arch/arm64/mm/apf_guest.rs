@@ -767,7 +767,7 @@ fn probe() -> Result<Probe> {
     APF.store(KBox::into_raw(apf), Ordering::Release);
     // SAFETY: `kvm_apf_key` is a static key defined by the entry code; it
     // is enabled once, from process context, after the state is published.
-    unsafe { bindings::static_key_enable(ptr::addr_of_mut!(bindings::kvm_apf_key.key)) };
+    unsafe { bindings::static_key_false_enable(ptr::addr_of_mut!(bindings::kvm_apf_key)) };
     pr_info!("version {version:#x}, {slots} slots, PPI {intid}\n");
     Ok(Probe::On)
 }
