@@ -73,7 +73,11 @@ impl Drop for LocalIrqDisabled {
 /// Returns one more than the highest possible CPU number.
 pub fn nr_cpu_ids() -> u32 {
     // SAFETY: `nr_cpu_ids` is set during early boot and not written after.
-    unsafe { bindings::nr_cpu_ids }
+    #[cfg(CONFIG_SMP)]
+    return unsafe { bindings::nr_cpu_ids };
+    // Without SMP, C makes it the constant `NR_CPUS`, which is 1.
+    #[cfg(not(CONFIG_SMP))]
+    1
 }
 
 /// Makes the scheduler run on this CPU before it goes back to the task an
@@ -224,9 +228,10 @@ pub fn gic_ppi(intid: u32) -> Result<u32> {
 #[cfg(CONFIG_ACPI)]
 fn acpi_ppi(intid: u32) -> Result<u32> {
     let (level, high) = (bindings::ACPI_LEVEL_SENSITIVE, bindings::ACPI_ACTIVE_HIGH);
-    // SAFETY: A NULL device is allowed; the GSI is checked above to be a
-    // PPI, which the GIC's ACPI domain maps per CPU.
-    let virq = unsafe { bindings::acpi_register_gsi(core::ptr::null_mut(), intid, level as _, high as _) };
+    // SAFETY: A NULL device is allowed; `gic_ppi()` checked that the GSI is
+    // a PPI, which the GIC's ACPI domain maps per CPU.
+    let virq =
+        unsafe { bindings::acpi_register_gsi(core::ptr::null_mut(), intid, level as _, high as _) };
     u32::try_from(virq).ok().filter(|v| *v != 0).ok_or(ENXIO)
 }
 

@@ -188,7 +188,10 @@ struct Table {
 
 impl Table {
     fn new(entries: usize) -> Result<Self> {
-        let nr = u32::try_from(entries).ok().filter(|n| *n < NIL).ok_or(EINVAL)?;
+        let nr = u32::try_from(entries)
+            .ok()
+            .filter(|n| *n < NIL)
+            .ok_or(EINVAL)?;
         let mut slots = KVec::with_capacity(entries, GFP_KERNEL)?;
         for i in 0..nr {
             let next = if i + 1 < nr { i + 1 } else { NIL };
