@@ -34,10 +34,20 @@ pub struct Registration<T: CpuHotplug> {
     _callbacks: PhantomData<T>,
 }
 
+/// The startup callback of `T`'s state.
+///
+/// # Safety
+///
+/// Called by the CPU hotplug core only, on `cpu`, in its hotplug thread.
 unsafe extern "C" fn online_trampoline<T: CpuHotplug>(cpu: c_uint) -> c_int {
     from_result(|| T::online(cpu).map(|()| 0))
 }
 
+/// The teardown callback of `T`'s state.
+///
+/// # Safety
+///
+/// Called by the CPU hotplug core only, on `cpu`, in its hotplug thread.
 unsafe extern "C" fn offline_trampoline<T: CpuHotplug>(cpu: c_uint) -> c_int {
     from_result(|| T::offline(cpu).map(|()| 0))
 }
@@ -76,25 +86,46 @@ impl<T: CpuHotplug> Drop for Registration<T> {
     }
 }
 
-unsafe extern "C" fn each_cpu_trampoline(info: *mut core::ffi::c_void) {
-    // SAFETY: `on_each_online_cpu` passes a `fn(u32)` as `info`.
-    let func: fn(u32) = unsafe { core::mem::transmute(info) };
-    // SAFETY: Called with interrupts masked, so the CPU number is stable.
+/// Runs the `F` that `info` points to on the calling CPU.
+///
+/// # Safety
+///
+/// `info` must point to an `F` that lives until the call returns; called
+/// with interrupts masked, as `on_each_cpu_cond_mask()` does.
+unsafe extern "C" fn each_cpu_trampoline<F: Fn(u32) + Sync>(info: *mut core::ffi::c_void) {
+    // SAFETY: By the safety requirements `info` points to a live `F`.
+    let func = unsafe { &*info.cast::<F>() };
+    // SAFETY: Interrupts are masked, so the CPU number is stable.
     func(unsafe { bindings::raw_smp_processor_id() } as u32);
 }
 
 /// Runs `func` on every online CPU, with interrupts masked, and waits until
 /// all have run it. `func` gets the number of the CPU it runs on.
 ///
-/// Must be called from process context with interrupts enabled.
-pub fn on_each_online_cpu(func: fn(u32)) {
-    // SAFETY: The trampoline turns `info` back into `func`; the call waits,
-    // and `cpu_online_mask` is a valid mask.
+/// Must be called from process context with interrupts enabled. `func` runs
+/// on several CPUs at once, hence `Sync`.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::{AtomicU32, Ordering};
+/// use kernel::cpuhp::on_each_online_cpu;
+///
+/// let ran = AtomicU32::new(0);
+/// on_each_online_cpu(|_cpu| {
+///     ran.fetch_add(1, Ordering::Relaxed);
+/// });
+/// assert!(ran.load(Ordering::Relaxed) >= 1);
+/// ```
+pub fn on_each_online_cpu<F: Fn(u32) + Sync>(func: F) {
+    // SAFETY: The trampoline gets a pointer to `func`, which lives until
+    // this call returns, since `wait` is true; `cpu_online_mask` is a valid
+    // mask.
     unsafe {
         bindings::on_each_cpu_cond_mask(
             None,
-            Some(each_cpu_trampoline),
-            func as *mut core::ffi::c_void,
+            Some(each_cpu_trampoline::<F>),
+            core::ptr::from_ref(&func).cast_mut().cast(),
             true,
             core::ptr::addr_of!(bindings::__cpu_online_mask),
         )

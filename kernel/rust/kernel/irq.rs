@@ -129,6 +129,12 @@ unsafe impl<H: PercpuHandler> Send for PercpuIrq<H> {}
 // state, which the C side synchronises.
 unsafe impl<H: PercpuHandler> Sync for PercpuIrq<H> {}
 
+/// The handler of a line requested by [`PercpuIrq::request`].
+///
+/// # Safety
+///
+/// Called by the interrupt core only, in hard interrupt context on the CPU
+/// that took the interrupt.
 unsafe extern "C" fn percpu_trampoline<H: PercpuHandler>(
     _irq: core::ffi::c_int,
     _dev: *mut c_void,
