@@ -351,10 +351,10 @@ impl Table {
 
     /// Wakes every task waiting for a token `cpu` received, and frees that
     /// CPU's other entries: after a wake-all or DISABLE no PAGE_READY comes
-    /// for them. Takes one chain's lock at a time. Returns whether a task
-    /// was woken.
-    fn wake_cpu(&self, cpu: u32) -> bool {
-        let mut woke = false;
+    /// for them. Takes one chain's lock at a time. Returns how many tasks
+    /// were woken.
+    fn wake_cpu(&self, cpu: u32) -> u64 {
+        let mut woke = 0;
         for chain in &self.chains {
             let mut head = chain.lock();
             let (mut prev, mut i) = (NIL, *head);
@@ -368,7 +368,7 @@ impl Table {
                     if slot.state() == State::Waiting {
                         slot.set_state(State::Woken);
                         slot.done.complete();
-                        woke = true;
+                        woke += 1;
                     } else {
                         self.release(i);
                     }
@@ -396,6 +396,9 @@ struct Stats {
     not_present: AtomicU64,
     ready: AtomicU64,
     wake_all: AtomicU64,
+    /// Waiters a wake-all woke: after a restore, the tasks that were
+    /// parked when the VM was saved.
+    wake_all_woken: AtomicU64,
     /// Waiters killed before their token was ready.
     killed: AtomicU64,
     /// Waiters that resumed on a CPU other than the one that took the event.
@@ -448,7 +451,7 @@ impl Apf {
         on.count() as u64
     }
 
-    fn counters(&self) -> [(&'static str, u64); 9] {
+    fn counters(&self) -> [(&'static str, u64); 10] {
         let s = &self.stats;
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
@@ -456,6 +459,7 @@ impl Apf {
             ("not_present", get(&s.not_present)),
             ("ready", get(&s.ready)),
             ("wake_all", get(&s.wake_all)),
+            ("wake_all_woken", get(&s.wake_all_woken)),
             ("killed", get(&s.killed)),
             ("migrated", get(&s.migrated)),
             ("early_ready", get(&s.early_ready)),
@@ -512,7 +516,9 @@ impl Apf {
         count(&self.stats.ready);
         if token == WAKE_ALL {
             count(&self.stats.wake_all);
-            return self.table.wake_cpu(cpu);
+            let woken = self.table.wake_cpu(cpu);
+            self.stats.wake_all_woken.fetch_add(woken, Ordering::Relaxed);
+            return woken > 0;
         }
         match self.table.ready(token, cpu) {
             Woke::Task => true,
