@@ -14,6 +14,8 @@
 pub const KVM_ARM_VCPU_ASYNC_PF_CTRL: u32 = 3;
 /// Attribute `KVM_ARM_VCPU_ASYNC_PF_IRQ` (u32 PPI INTID, 16..31).
 pub const KVM_ARM_VCPU_ASYNC_PF_IRQ: u64 = 0;
+/// Attribute `KVM_ARM_VCPU_ASYNC_PF_BLOCK` (u64: block IPA | flags).
+pub const KVM_ARM_VCPU_ASYNC_PF_BLOCK: u64 = 1;
 /// `KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF`: bit of the APF function (96 = 64 + 32).
 pub const KVM_REG_ARM_VENDOR_HYP_BIT_ASYNC_PF: u32 = 32;
 /// `KVM_ASYNC_PF_DEFAULT_IRQ`.
@@ -43,9 +45,16 @@ pub use kvm::*;
 mod kvm {
     use super::*;
     use crate::regs::KVM_REG_ARM_VENDOR_HYP_BMAP_2;
+    use crate::snapshot::ApfAttrs;
     use kvm_bindings::kvm_device_attr;
     use kvm_ioctls::VcpuFd;
     use thiserror::Error;
+    use vmm_sys_util::ioctl::ioctl_with_mut_ref;
+
+    /// `KVMIO`.
+    const KVMIO: u32 = 0xae;
+    // kvm-ioctls has KVM_GET_DEVICE_ATTR for device fds only.
+    vmm_sys_util::ioctl_iow_nr!(KVM_GET_DEVICE_ATTR, KVMIO, 0xe2, kvm_device_attr);
 
     /// Errors configuring APF.
     #[derive(Debug, Error)]
@@ -62,6 +71,26 @@ mod kvm {
         /// The host refused to offer APF (it does not implement it).
         #[error("the host refused to offer APF in KVM_REG_ARM_VENDOR_HYP_BMAP_2: {0}")]
         Refused(kvm_ioctls::Error),
+        /// Reading an attribute for a snapshot failed.
+        #[error("reading APF attribute {attr} of vCPU {vcpu}: {source}")]
+        Get {
+            /// vCPU index.
+            vcpu: u8,
+            /// Attribute.
+            attr: u64,
+            /// Cause.
+            source: kvm_ioctls::Error,
+        },
+        /// Restoring BLOCK failed.
+        #[error("restoring KVM_ARM_VCPU_ASYNC_PF_BLOCK {block:#x} on vCPU {vcpu}: {source}")]
+        SetBlock {
+            /// vCPU index.
+            vcpu: u8,
+            /// The value.
+            block: u64,
+            /// Cause.
+            source: kvm_ioctls::Error,
+        },
         /// Setting the IRQ attribute failed.
         #[error("setting KVM_ARM_VCPU_ASYNC_PF_IRQ to {intid} on vCPU {vcpu}: {source}")]
         SetIrq {
@@ -126,6 +155,71 @@ mod kvm {
             HostApf::Bmap(now) if offered(now) => Err(ApfError::StillOffered(now)),
             _ => Ok(HostApf::Bmap(old)),
         }
+    }
+
+    fn get_attr(vcpu: &VcpuFd, index: u8, attr: u64) -> Result<Option<u64>, ApfError> {
+        let mut value: u64 = 0;
+        let mut a = kvm_device_attr {
+            flags: 0,
+            group: KVM_ARM_VCPU_ASYNC_PF_CTRL,
+            attr,
+            addr: &mut value as *mut u64 as u64,
+        };
+        // SAFETY: KVM_GET_DEVICE_ATTR on a vCPU fd writes at most 8 bytes
+        // (a u32 for IRQ, a u64 for BLOCK) to `addr`, which is `value`,
+        // live and writable for the call; `a` is a valid kvm_device_attr.
+        let ret = unsafe { ioctl_with_mut_ref(vcpu, KVM_GET_DEVICE_ATTR(), &mut a) };
+        if ret == 0 {
+            return Ok(Some(if attr == KVM_ARM_VCPU_ASYNC_PF_IRQ {
+                value & 0xffff_ffff
+            } else {
+                value
+            }));
+        }
+        let e = kvm_ioctls::Error::last();
+        if e.errno() == libc::ENXIO {
+            return Ok(None);
+        }
+        Err(ApfError::Get {
+            vcpu: index,
+            attr,
+            source: e,
+        })
+    }
+
+    /// A stopped vCPU's APF attributes; `None` if the host has none.
+    pub fn save(vcpu: &VcpuFd, index: u8) -> Result<Option<ApfAttrs>, ApfError> {
+        let irq = get_attr(vcpu, index, KVM_ARM_VCPU_ASYNC_PF_IRQ)?;
+        let block = get_attr(vcpu, index, KVM_ARM_VCPU_ASYNC_PF_BLOCK)?;
+        Ok(match (irq, block) {
+            (Some(irq), Some(block)) => Some(ApfAttrs {
+                irq: irq as u32,
+                block,
+            }),
+            _ => None,
+        })
+    }
+
+    /// Registers a saved control block on a vCPU that has been through
+    /// KVM_ARM_VCPU_INIT and has not run, after its registers and the
+    /// vGIC: KVM queues the wake-all, and raises the PPI if the block
+    /// holds an unconsumed PAGE_READY.
+    pub fn restore_block(vcpu: &VcpuFd, index: u8, block: u64) -> Result<(), ApfError> {
+        let value: u64 = block;
+        let attr = kvm_device_attr {
+            flags: 0,
+            group: KVM_ARM_VCPU_ASYNC_PF_CTRL,
+            attr: KVM_ARM_VCPU_ASYNC_PF_BLOCK,
+            // KVM reads a u64 from this address during the ioctl; `value`
+            // outlives the call.
+            addr: &value as *const u64 as u64,
+        };
+        vcpu.set_device_attr(&attr)
+            .map_err(|source| ApfError::SetBlock {
+                vcpu: index,
+                block,
+                source,
+            })
     }
 
     /// Sets the PAGE_READY PPI of one vCPU. Returns `Ok(false)` if the host

@@ -116,6 +116,8 @@ pub struct Args {
     pub apf_irq: Option<u32>,
     /// Do not print statistics or informational messages.
     pub quiet: bool,
+    /// Control socket for `apf-vmm snapshot` and `apf-vmm migrate`.
+    pub api_socket: Option<PathBuf>,
 }
 
 /// The result of a successful parse.
@@ -161,6 +163,9 @@ pub enum ArgsError {
     /// `--mem-mode cgroup` without a limit.
     #[error("--mem-mode cgroup needs --cgroup-limit")]
     MissingCgroupLimit,
+    /// Two options that do not go together.
+    #[error("{0} and {1} cannot be used together")]
+    Conflict(&'static str, &'static str),
     /// An option that belongs to another memory mode.
     #[error("{option} only applies to --mem-mode {mode}")]
     WrongMode {
@@ -212,8 +217,16 @@ Options:
   --apf on|hidden         offer asynchronous page faults or hide them (default: on)
   --apf-irq INTID         PPI for APF PAGE_READY, 16..31 except 23 and 25..30
                           (default: KVM's, {KVM_ASYNC_PF_DEFAULT_IRQ})
+  --api-socket PATH       take snapshot and migrate requests on this Unix socket
+                          (apf-vmm snapshot, apf-vmm migrate); not with --uffd-evict-ms
   --quiet                 do not print statistics and informational messages
   -h, --help              print this help
+
+Other forms (apf-vmm COMMAND --help for their options):
+  apf-vmm snapshot        save a running VM (by its --api-socket) and stop it
+  apf-vmm migrate         migrate a running VM by post-copy to apf-vmm receive
+  apf-vmm restore         run a snapshot, its RAM served lazily by userfaultfd
+  apf-vmm receive         run a VM that arrives by post-copy migration
 
 Exit status: 0 after a clean guest shutdown, 1 on a runtime error,
 2 on bad arguments or unusable input files.
@@ -238,6 +251,7 @@ enum Opt {
     CgroupMax,
     Apf,
     ApfIrq,
+    ApiSocket,
 }
 
 impl Opt {
@@ -257,11 +271,12 @@ impl Opt {
             Opt::CgroupMax => "--cgroup-max",
             Opt::Apf => "--apf",
             Opt::ApfIrq => "--apf-irq",
+            Opt::ApiSocket => "--api-socket",
         }
     }
 
     fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 14] = [
+        const ALL: [Opt; 15] = [
             Opt::Kernel,
             Opt::Initrd,
             Opt::Cmdline,
@@ -276,6 +291,7 @@ impl Opt {
             Opt::CgroupMax,
             Opt::Apf,
             Opt::ApfIrq,
+            Opt::ApiSocket,
         ];
         ALL.into_iter().find(|o| o.name() == name)
     }
@@ -298,6 +314,7 @@ struct Raw {
     cgroup_max_mib: Option<u64>,
     apf: Option<ApfMode>,
     apf_irq: Option<u32>,
+    api_socket: Option<PathBuf>,
     quiet: bool,
 }
 
@@ -352,6 +369,7 @@ fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
         Opt::Kernel => set_once(&mut raw.kernel, opt, path(opt, value)?),
         Opt::Initrd => set_once(&mut raw.initrd, opt, path(opt, value)?),
         Opt::UffdSource => set_once(&mut raw.uffd_source, opt, path(opt, value)?),
+        Opt::ApiSocket => set_once(&mut raw.api_socket, opt, path(opt, value)?),
         Opt::Cmdline => set_once(&mut raw.cmdline, opt, utf8(opt, value)?),
         Opt::Vcpus => {
             let n = number(opt, value, 1, u64::from(MAX_VCPUS))?;
@@ -583,6 +601,15 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         (MemMode::Plain | MemMode::Uffd, None, None) => None,
     };
 
+    // The evictor pauses the vCPU threads by their ids, which a snapshot
+    // ends.
+    if raw.api_socket.is_some() && raw.uffd_evict_ms.is_some_and(|ms| ms > 0) {
+        return Err(ArgsError::Conflict(
+            Opt::ApiSocket.name(),
+            Opt::UffdEvict.name(),
+        ));
+    }
+
     let boot = raw.boot.unwrap_or(BootMode::Dt);
     let mut cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
     if boot == BootMode::Acpi {
@@ -607,6 +634,7 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         apf: raw.apf.unwrap_or(ApfMode::On),
         apf_irq: raw.apf_irq,
         quiet: raw.quiet,
+        api_socket: raw.api_socket,
     })
 }
 

@@ -20,16 +20,20 @@ mod apf;
 mod args;
 mod bus;
 mod cgroup;
+mod cli;
 mod efi;
 mod evict;
 mod fdt;
 mod image;
 mod layout;
+mod lifecycle;
 mod memory;
+mod migrate;
 mod pagestore;
 mod pause;
 mod regs;
 mod serial;
+mod snapshot;
 mod stats;
 #[cfg(test)]
 mod testutil;
@@ -46,6 +50,8 @@ use std::fs::File;
 use std::process::ExitCode;
 
 use thiserror::Error;
+
+use apf_vmm::control;
 
 use acpi::AcpiError;
 use args::{ArgsError, BootMode, Command};
@@ -86,6 +92,10 @@ enum Error {
     PageStore(#[from] PageStoreError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
+    #[error(transparent)]
+    Lifecycle(#[from] lifecycle::LifecycleError),
+    #[error(transparent)]
+    Control(#[from] control::ControlError),
     #[error("creating the UART interrupt eventfd: {0}")]
     EventFd(std::io::Error),
     #[cfg(target_arch = "aarch64")]
@@ -103,6 +113,10 @@ impl Error {
     fn exit_code(&self) -> u8 {
         match self {
             Error::Args(_) | Error::Image(_) | Error::Layout(_) => EXIT_USAGE,
+            // A snapshot that cannot be restored, or may not be.
+            Error::Lifecycle(
+                lifecycle::LifecycleError::Snapshot(_) | lifecycle::LifecycleError::ApfLoss { .. },
+            ) => EXIT_USAGE,
             _ => EXIT_FAILURE,
         }
     }
@@ -223,13 +237,14 @@ fn enter_cgroup(limit_mib: u64, max_mib: u64, quiet: bool) -> Result<cgroup::Cgr
 
 #[cfg(target_arch = "aarch64")]
 fn run(p: Prepared) -> Result<u8, Error> {
-    use std::sync::{mpsc, Arc, Mutex, OnceLock};
+    use std::sync::{mpsc, Arc, OnceLock};
     use std::time::Duration;
 
     use vmm_sys_util::eventfd::EventFd;
 
     use args::MemMode;
-    use vm::{EvictSetup, RunEnd, Vm, VmConfig, VmEvent};
+    use lifecycle::{Backing, Session};
+    use vm::{EvictSetup, Vm, VmConfig, VmEvent};
 
     let Prepared {
         args,
@@ -270,22 +285,17 @@ fn run(p: Prepared) -> Result<u8, Error> {
     // the pages the guest touches later go through the handler (until an
     // eviction drops them too).
     let mut evict = None;
-    let uffd = if args.mem_mode == MemMode::Uffd {
-        let base = memory::host_base(&mem, &layout)?;
-        // SAFETY: guest RAM stays mapped until after the handler and the
-        // evictor are stopped (`mem` is dropped, or leaked, last).
-        let store =
-            unsafe { pagestore::PageStore::new(base, layout.ram.size, uffd::host_page_size()) }?;
-        let store = Arc::new(Mutex::new(store));
-        let fault = uffd::Userfault::register(base, layout.ram.size)?;
-        let fatal_tx = tx.clone();
-        let handler = fault.spawn_handler(
+    let mut backing = Backing::plain(mem, layout.ram);
+    if args.mem_mode == MemMode::Uffd {
+        let source = match &uffd_source {
+            Some(f) => Some(f.try_clone().map_err(lifecycle::LifecycleError::Io)?),
+            None => None,
+        };
+        let (store, _filler) = backing.register_uffd(
             Duration::from_micros(args.uffd.latency_us),
-            uffd_source,
-            store.clone(),
-            move |e| {
-                let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
-            },
+            uffd::PageSource::File(uffd_source),
+            source,
+            &tx,
         )?;
         if args.uffd.evict_ms > 0 {
             evict = Some(EvictSetup {
@@ -303,13 +313,10 @@ fn run(p: Prepared) -> Result<u8, Error> {
                 },
             });
         }
-        Some(handler)
-    } else {
-        None
-    };
+    }
 
     let serial_irq = EventFd::new(libc::EFD_NONBLOCK).map_err(Error::EventFd)?;
-    let hook: Box<dyn FnMut(&[u8]) + Send> = Box::new(move |line: &[u8]| {
+    let hook: serial::LineHook = Box::new(move |line: &[u8]| {
         if let Some(req) = &evict_requests {
             if line.ends_with(serial::EVICT_REQUEST) {
                 req.request();
@@ -331,78 +338,24 @@ fn run(p: Prepared) -> Result<u8, Error> {
             apf_irq: args.apf_irq,
             quiet,
         },
-        &mem,
+        backing.mem(),
         serial_irq,
     )?;
-    let report = vm.run(bus, tx, rx, evict)?;
-
-    let uffd_stats = uffd.map(|h| h.stop());
-    // Read while the cgroup still holds guest RAM; it goes with `cgroup`.
-    let memcg = cgroup
-        .as_ref()
-        .map(|cg| apf_vmm::memcg::MemcgReport::read(cg.path()));
-
-    if !quiet {
-        for (index, stats) in report.stats.iter().enumerate() {
-            match stats {
-                Ok(s) => {
-                    println!("{}", stats::apf_line(index, s));
-                    println!("{}", stats::kvm_line(index, s));
-                }
-                Err(e) => println!("apf: vcpu{index} statistics unavailable: {e}"),
-            }
-        }
-        if let Some(Ok(s)) = &uffd_stats {
-            let e = match &report.evict {
-                Some(Ok(e)) => *e,
-                _ => evict::EvictStats::default(),
-            };
-            println!(
-                "uffd: faults={} pages_copied={} from_source={} already_present={} restored={} \
-                 evictions={} pages_evicted={} evict_skipped={}",
-                s.faults,
-                s.pages_copied,
-                s.from_source,
-                s.already_present,
-                s.restored,
-                e.evictions,
-                e.pages_evicted,
-                e.pause_timeouts
-            );
-        }
-        if let Some(Ok(r)) = &memcg {
-            println!("{}", r.line());
-        }
+    let code = Session {
+        vm,
+        bus,
+        tx,
+        rx,
+        evict,
+        backing,
+        quiet,
+        api_socket: args.api_socket,
+        migration_in: None,
+        cgroup: cgroup.as_ref().map(|cg| cg.path().to_path_buf()),
     }
-    if let Some(Err(e)) = &memcg {
-        eprintln!("apf-vmm: warning: cgroup report: {e}");
-    }
-    if let Some(Err(e)) = &uffd_stats {
-        eprintln!("apf-vmm: userfaultfd handler: {e}");
-    }
-    if let Some(Err(e)) = &report.evict {
-        eprintln!("apf-vmm: {e}");
-    }
-    if report.all_stopped {
-        drop(mem);
-    } else {
-        // A vCPU thread may still be inside KVM_RUN; keep its memory mapped.
-        std::mem::forget(mem);
-    }
-
-    let (code, msg) = match report.end {
-        RunEnd::Shutdown => (0, "guest powered off".to_string()),
-        RunEnd::Reset => (0, "guest requested a reset; VM stopped".to_string()),
-        RunEnd::Crash(i) => (EXIT_FAILURE, format!("guest reported a crash on vcpu{i}")),
-        RunEnd::VcpuFailed(i, why) => (EXIT_FAILURE, format!("vcpu{i}: {why}")),
-        RunEnd::Fatal(why) => (EXIT_FAILURE, why),
-        RunEnd::Terminated => (EXIT_FAILURE, "terminated by signal".to_string()),
-    };
-    if code != 0 {
-        eprintln!("apf-vmm: error: {msg}");
-    } else if !quiet {
-        eprintln!("apf-vmm: {msg}");
-    }
+    .run()?;
+    // The process leaves the cgroup only after guest RAM is gone.
+    drop(cgroup);
     Ok(code)
 }
 
@@ -411,8 +364,83 @@ fn run(_p: Prepared) -> Result<u8, Error> {
     Err(Error::UnsupportedArch(std::env::consts::ARCH))
 }
 
+/// `apf-vmm snapshot|migrate|restore|receive`.
+fn run_move(command: cli::MoveCommand) -> Result<u8, Error> {
+    use cli::MoveCommand;
+    use control::Request;
+    use std::time::Duration;
+
+    match command {
+        MoveCommand::Snapshot {
+            api_socket,
+            to,
+            when,
+        } => {
+            let req = Request::Snapshot {
+                dir: to,
+                min_parked: when.min_parked,
+            };
+            let answer = control::send(&api_socket, &req, Duration::from_secs(when.timeout))?;
+            println!("{answer}");
+            Ok(0)
+        }
+        MoveCommand::Migrate {
+            api_socket,
+            to,
+            when,
+        } => {
+            let req = Request::Migrate {
+                to,
+                min_parked: when.min_parked,
+            };
+            let answer = control::send(&api_socket, &req, Duration::from_secs(when.timeout))?;
+            println!("{answer}");
+            Ok(0)
+        }
+        #[cfg(target_arch = "aarch64")]
+        MoveCommand::Restore {
+            from,
+            prefetch,
+            target,
+        } => lifecycle::restore(&from, prefetch, &target),
+        #[cfg(target_arch = "aarch64")]
+        MoveCommand::Receive { listen, target } => lifecycle::receive(&listen, &target),
+        #[cfg(not(target_arch = "aarch64"))]
+        MoveCommand::Restore { from, target, .. } => {
+            // Everything up to KVM is checked here too.
+            lifecycle::load_for_restore(&from, target.apf_mode(), target.allow_apf_loss)?;
+            Err(Error::UnsupportedArch(std::env::consts::ARCH))
+        }
+        #[cfg(not(target_arch = "aarch64"))]
+        MoveCommand::Receive { .. } => Err(Error::UnsupportedArch(std::env::consts::ARCH)),
+    }
+}
+
 fn main() -> ExitCode {
-    let command = match args::parse(std::env::args_os().skip(1)) {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if cli::is_move_command(argv.first().map(|a| a.as_os_str())) {
+        use clap::Parser;
+        let parsed = cli::Cli::try_parse_from(std::iter::once("apf-vmm".into()).chain(argv));
+        let command = match parsed {
+            Ok(c) => c.command,
+            Err(e) => {
+                let _ = e.print();
+                return if e.use_stderr() {
+                    ExitCode::from(EXIT_USAGE)
+                } else {
+                    ExitCode::SUCCESS
+                };
+            }
+        };
+        return match run_move(command) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("apf-vmm: error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        };
+    }
+    let command = match args::parse(argv) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("apf-vmm: error: {e}\nTry 'apf-vmm --help' for the options.");

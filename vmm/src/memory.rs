@@ -78,14 +78,19 @@ pub enum MemoryError {
 
 /// Allocates guest RAM as one anonymous private mapping.
 pub fn create(layout: &Layout) -> Result<GuestMem, MemoryError> {
-    let size = usize::try_from(layout.ram.size).map_err(|_| MemoryError::TooBig {
+    create_ram(layout.ram)
+}
+
+/// Allocates `ram` as one anonymous private mapping.
+pub fn create_ram(ram: Region) -> Result<GuestMem, MemoryError> {
+    let size = usize::try_from(ram.size).map_err(|_| MemoryError::TooBig {
         what: "guest RAM",
-        size: layout.ram.size,
+        size: ram.size,
         room: usize::MAX as u64,
     })?;
-    GuestMemoryMmap::from_ranges(&[(GuestAddress(layout.ram.base), size)]).map_err(|source| {
+    GuestMemoryMmap::from_ranges(&[(GuestAddress(ram.base), size)]).map_err(|source| {
         MemoryError::Create {
-            size: layout.ram.size,
+            size: ram.size,
             source,
         }
     })
@@ -110,7 +115,12 @@ pub fn no_huge_pages(mem: &GuestMem, layout: &Layout) -> Result<(), MemoryError>
 
 /// Host virtual address of the start of guest RAM (the mapping is contiguous).
 pub fn host_base(mem: &GuestMem, layout: &Layout) -> Result<*mut u8, MemoryError> {
-    mem.get_host_address(GuestAddress(layout.ram.base))
+    host_address(mem, layout.ram.base)
+}
+
+/// Host virtual address of guest physical address `gpa`.
+pub fn host_address(mem: &GuestMem, gpa: u64) -> Result<*mut u8, MemoryError> {
+    mem.get_host_address(GuestAddress(gpa))
         .map_err(MemoryError::HostAddress)
 }
 

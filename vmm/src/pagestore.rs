@@ -269,7 +269,6 @@ impl PageStore {
     }
 
     /// Whether page `index` is known to be mapped.
-    #[cfg(test)]
     pub fn is_populated(&self, index: usize) -> bool {
         self.populated.get(index)
     }
@@ -288,6 +287,38 @@ impl PageStore {
             Saved::Copy(unsafe { self.store.add(index * self.page_size) }.cast_const())
         } else {
             Saved::None
+        }
+    }
+
+    /// Copies page `index` as the guest would read it now into `buf`,
+    /// without faulting: the page itself if populated, its saved copy if
+    /// evicted, else what the handler would serve (`unserved` fills it).
+    /// The vCPUs must be stopped; the handler is kept out by the caller's
+    /// lock on the store.
+    pub fn read_page<F>(&self, index: usize, buf: &mut [u8], unserved: F) -> io::Result<()>
+    where
+        F: FnOnce(&mut [u8]) -> io::Result<()>,
+    {
+        if index >= self.pages() || buf.len() != self.page_size {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        let offset = index * self.page_size;
+        if self.populated.get(index) {
+            // SAFETY: the page is inside the guest mapping, live per the
+            // invariant, and populated, so reading it does not fault into
+            // userfaultfd; nothing writes it while the vCPUs are stopped.
+            unsafe {
+                std::ptr::copy_nonoverlapping(self.guest.add(offset), buf.as_mut_ptr(), buf.len())
+            };
+            return Ok(());
+        }
+        match self.saved(index) {
+            Saved::Copy(p) => {
+                // SAFETY: a saved copy is one page inside the store mapping.
+                unsafe { std::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) };
+                Ok(())
+            }
+            Saved::None => unserved(buf),
         }
     }
 
@@ -449,5 +480,22 @@ mod tests {
         assert_eq!(store.counts().pages_evicted, 4);
         // Without userfaultfd the dropped pages read back as zeros.
         assert_eq!(mem.read_byte(ps + 5), 0);
+
+        // read_page: saved copies, then what the source would serve.
+        let mut buf = vec![0u8; ps];
+        store.read_page(9, &mut buf, |_| unreachable!()).unwrap();
+        assert_eq!(buf[5], 109);
+        store
+            .read_page(4, &mut buf, |b| {
+                b.fill(0xee);
+                Ok(())
+            })
+            .unwrap();
+        assert!(buf.iter().all(|b| *b == 0xee));
+        mem.write_byte(4 * ps + 1, 42);
+        store.mark_populated(4);
+        store.read_page(4, &mut buf, |_| unreachable!()).unwrap();
+        assert_eq!(buf[1], 42);
+        assert!(store.read_page(pages, &mut buf, |_| Ok(())).is_err());
     }
 }

@@ -15,6 +15,12 @@ pub const KVM_REG_SIZE_U64: u64 = 0x0030_0000_0000_0000;
 const COPROC_SHIFT: u64 = 16;
 /// `KVM_REG_ARM_CORE`: coprocessor 0x10.
 const KVM_REG_ARM_CORE: u64 = 0x0010 << COPROC_SHIFT;
+/// `KVM_REG_ARM64_SYSREG`: coprocessor 0x13.
+const KVM_REG_ARM64_SYSREG: u64 = 0x0013 << COPROC_SHIFT;
+/// `KVM_REG_ARM_FW`: coprocessor 0x14 (PSCI and SMCCC versions).
+const KVM_REG_ARM_FW: u64 = 0x0014 << COPROC_SHIFT;
+/// `KVM_REG_ARM_COPROC_MASK`.
+const COPROC_MASK: u64 = 0x0fff_0000;
 /// `KVM_REG_ARM_FW_FEAT_BMAP`: coprocessor 0x16.
 const KVM_REG_ARM_FW_FEAT_BMAP: u64 = 0x0016 << COPROC_SHIFT;
 
@@ -27,6 +33,30 @@ pub const fn core_reg(offset: u64) -> u64 {
 pub const fn fw_feat_bmap_reg(r: u64) -> u64 {
     KVM_REG_ARM64 | KVM_REG_SIZE_U64 | KVM_REG_ARM_FW_FEAT_BMAP | (r & 0xffff)
 }
+
+/// Whether `id` is a firmware pseudo-register (`KVM_REG_ARM_FW` or
+/// `KVM_REG_ARM_FW_FEAT_BMAP`): the VM's, writable only before it first runs.
+pub const fn is_firmware_reg(id: u64) -> bool {
+    let coproc = id & COPROC_MASK;
+    coproc == KVM_REG_ARM_FW || coproc == KVM_REG_ARM_FW_FEAT_BMAP
+}
+
+/// The op0/op1/CRn/CRm/op2 encoding of a system register, as
+/// `ARM64_SYS_REG` and the vGIC's CPU_SYSREGS group use it (bits 15:0).
+pub const fn sys_reg_encoding(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
+    (op0 << 14) | (op1 << 11) | (crn << 7) | (crm << 3) | op2
+}
+
+/// `ARM64_SYS_REG(op0, op1, crn, crm, op2)`.
+pub const fn sys_reg(op0: u64, op1: u64, crn: u64, crm: u64, op2: u64) -> u64 {
+    KVM_REG_ARM64
+        | KVM_REG_SIZE_U64
+        | KVM_REG_ARM64_SYSREG
+        | sys_reg_encoding(op0, op1, crn, crm, op2)
+}
+
+/// `MPIDR_EL1`.
+pub const MPIDR_EL1: u64 = sys_reg(3, 0, 0, 0, 5);
 
 /// x0: `regs.regs[0]`, offset 0 of `struct user_pt_regs`.
 pub const X0: u64 = core_reg(0);
@@ -54,6 +84,11 @@ mod tests {
         assert_eq!(PSTATE, 0x6030_0000_0010_0042);
         assert_eq!(fw_feat_bmap_reg(0), 0x6030_0000_0016_0000);
         assert_eq!(KVM_REG_ARM_VENDOR_HYP_BMAP_2, 0x6030_0000_0016_0003);
+        assert!(is_firmware_reg(KVM_REG_ARM_VENDOR_HYP_BMAP_2));
+        assert!(is_firmware_reg(0x6030_0000_0014_0000)); // PSCI version
+        assert!(!is_firmware_reg(PC) && !is_firmware_reg(MPIDR_EL1));
+        // As QEMU's cpreg list names MPIDR_EL1.
+        assert_eq!(MPIDR_EL1, 0x6030_0000_0013_c005);
     }
 
     #[cfg(target_arch = "aarch64")]
@@ -75,5 +110,8 @@ mod tests {
             PSTATE,
             core_reg(std::mem::offset_of!(kb::user_pt_regs, pstate) as u64)
         );
+        assert_eq!(KVM_REG_ARM64_SYSREG, u64::from(kb::KVM_REG_ARM64_SYSREG));
+        assert_eq!(KVM_REG_ARM_FW, u64::from(kb::KVM_REG_ARM_FW));
+        assert_eq!(COPROC_MASK, u64::from(kb::KVM_REG_ARM_COPROC_MASK));
     }
 }

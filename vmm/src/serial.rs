@@ -10,8 +10,10 @@ use std::io::{self, Write};
 use std::sync::{Mutex, PoisonError};
 
 use thiserror::Error;
-use vm_superio::serial::NoEvents;
+use vm_superio::serial::{NoEvents, SerialState};
 use vm_superio::{Serial, Trigger};
+
+use crate::snapshot::UartState;
 use vmm_sys_util::eventfd::EventFd;
 
 /// Number of 16550 registers.
@@ -29,9 +31,12 @@ pub const EVICT_DONE: u8 = 0x06;
 /// still written out, but not seen by the hook.
 const MAX_LINE: usize = 256;
 
+/// What the VMM does with each line of the guest's console.
+pub type LineHook = Box<dyn FnMut(&[u8]) + Send>;
+
 /// The VMM's console: the guest's output goes to standard output, and the
 /// VMM looks at each line.
-pub type Console = LineTap<io::Stdout, Box<dyn FnMut(&[u8]) + Send>>;
+pub type Console = LineTap<io::Stdout, LineHook>;
 
 /// The guest's console output: passed through to `out`, and each completed
 /// line (without its end of line) shown to `hook`.
@@ -111,6 +116,48 @@ impl<W: Write> SerialDevice<W> {
     pub fn new(irq: EventFd, out: W) -> Self {
         SerialDevice {
             inner: Mutex::new(Serial::new(EventFdTrigger::new(irq), out)),
+        }
+    }
+
+    /// Recreates the UART of a snapshot.
+    pub fn from_state(irq: EventFd, out: W, state: &UartState) -> Result<Self, SerialError> {
+        let s = SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            in_buffer: state.in_buffer.clone(),
+        };
+        let serial = Serial::from_state(&s, EventFdTrigger::new(irq), NoEvents, out)
+            .map_err(SerialError::Device)?;
+        Ok(SerialDevice {
+            inner: Mutex::new(serial),
+        })
+    }
+
+    /// The UART's registers and input, for a snapshot.
+    pub fn state(&self) -> UartState {
+        let s = self
+            .inner
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .state();
+        UartState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
         }
     }
 

@@ -189,10 +189,91 @@ pub fn host_page_size() -> u64 {
 
 /// A userfaultfd with one registered range.
 pub struct Userfault {
-    fd: OwnedFd,
+    fd: Arc<OwnedFd>,
     start: u64,
     len: u64,
     page_size: u64,
+}
+
+/// Where the handler gets the pages it serves.
+pub enum PageSource {
+    /// A file laid out like guest RAM (`--uffd-source`, a snapshot's
+    /// memory file); zeros past its end, or everywhere without one.
+    File(Option<File>),
+    /// Another process (post-copy): the handler only asks, with the page's
+    /// index, after the latency; a [`Filler`] installs the page when it
+    /// arrives, which wakes the faulting thread.
+    Remote(Box<dyn FnMut(usize) -> Result<(), UffdError> + Send>),
+}
+
+/// Installs pages into the registered range from any thread (UFFDIO_COPY
+/// wakes whoever waits on them).
+#[derive(Clone)]
+pub struct Filler {
+    fd: Arc<OwnedFd>,
+    start: u64,
+    len: u64,
+    page_size: u64,
+}
+
+impl Filler {
+    /// Page size of the range.
+    pub fn page_size(&self) -> usize {
+        self.page_size as usize
+    }
+
+    /// Copies one page from `src` to page `index` of the range. Returns
+    /// `Ok(false)` if the page was already there.
+    pub fn fill(&self, index: usize, src: &[u8]) -> Result<bool, UffdError> {
+        let ps = self.page_size;
+        let offset = index as u64 * ps;
+        if offset >= self.len || src.len() as u64 != ps {
+            return Err(UffdError::OutOfRange(self.start + offset));
+        }
+        // SAFETY: `src` is valid for one page (checked above) during the
+        // call; the destination is inside the registered range.
+        unsafe { copy_page(&self.fd, self.start + offset, src.as_ptr(), ps) }
+    }
+}
+
+/// UFFDIO_COPY of `len` bytes from `src` to `dst`; `Ok(false)` on EEXIST.
+///
+/// # Safety
+///
+/// `src` must be valid for reads of `len` bytes for the call.
+unsafe fn copy_page(fd: &OwnedFd, dst: u64, src: *const u8, len: u64) -> Result<bool, UffdError> {
+    let mut copied: u64 = 0;
+    while copied < len {
+        let mut copy = UffdioCopy {
+            dst: dst + copied,
+            src: src as u64 + copied,
+            len: len - copied,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: `src` is readable for `len` bytes (the caller's
+        // contract); the kernel checks that `dst` lies in the registered
+        // range. The struct is valid and writable for the call.
+        let ret = unsafe { libc::ioctl(fd.as_raw_fd(), UFFDIO_COPY as _, &mut copy) };
+        if ret == 0 {
+            return Ok(true);
+        }
+        let err = io::Error::last_os_error();
+        match err.raw_os_error() {
+            // Another fault, or the other filler, was first.
+            Some(libc::EEXIST) => return Ok(false),
+            // The mapping changed under us: retry the rest.
+            Some(libc::EAGAIN) if copy.copy > 0 => copied += copy.copy as u64,
+            Some(libc::EAGAIN) => {}
+            _ => {
+                return Err(UffdError::Copy {
+                    addr: dst,
+                    source: err,
+                })
+            }
+        }
+    }
+    Ok(true)
 }
 
 impl Userfault {
@@ -219,7 +300,7 @@ impl Userfault {
         let raw =
             i32::try_from(raw).map_err(|_| UffdError::Create(io::ErrorKind::InvalidData.into()))?;
         // SAFETY: `raw` is a new descriptor owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        let fd = Arc::new(unsafe { OwnedFd::from_raw_fd(raw) });
 
         let mut api = UffdioApi {
             api: UFFD_API,
@@ -258,6 +339,16 @@ impl Userfault {
         })
     }
 
+    /// A [`Filler`] for the registered range.
+    pub fn filler(&self) -> Filler {
+        Filler {
+            fd: self.fd.clone(),
+            start: self.start,
+            len: self.len,
+            page_size: self.page_size,
+        }
+    }
+
     /// Starts the handler thread. `store` must cover the registered range
     /// with the same page size. `on_fatal` is called from that thread if it
     /// has to give up; the fd is then closed, which lets blocked faults
@@ -265,7 +356,7 @@ impl Userfault {
     pub fn spawn_handler<F>(
         self,
         latency: Duration,
-        source: Option<File>,
+        source: PageSource,
         store: Arc<Mutex<PageStore>>,
         on_fatal: F,
     ) -> Result<UffdHandler, UffdError>
@@ -313,7 +404,7 @@ impl UffdHandler {
 struct Server {
     uffd: Userfault,
     latency: Duration,
-    source: Option<File>,
+    source: PageSource,
     store: Arc<Mutex<PageStore>>,
     stats: UffdStats,
 }
@@ -393,6 +484,21 @@ impl Server {
             thread::sleep(self.latency);
         }
 
+        if let PageSource::Remote(ask) = &mut self.source {
+            let index = (offset / ps) as usize;
+            let present = self
+                .store
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_populated(index);
+            if present {
+                self.stats.already_present += 1;
+            } else {
+                ask(index)?;
+            }
+            return Ok(());
+        }
+
         // Held until the page is in and marked, so that the evictor never
         // sees a page as populated before it is mapped, nor drops one
         // while it is being filled. (The store's state stays consistent
@@ -405,55 +511,25 @@ impl Server {
 
         let mut from_source = false;
         let src_addr = match store.saved(index) {
-            Saved::Copy(saved) => saved as u64,
+            Saved::Copy(saved) => saved,
             Saved::None => {
                 from_source = self.read_source(offset, page)?;
-                page.as_ptr() as u64
+                page.as_ptr()
             }
         };
-
-        let mut copied: u64 = 0;
-        while copied < ps {
-            let mut copy = UffdioCopy {
-                dst: page_addr + copied,
-                src: src_addr + copied,
-                len: ps - copied,
-                mode: 0,
-                copy: 0,
-            };
-            // SAFETY: `src` points into `page` or into the saved copy in
-            // the store (locked above), both valid for one page; `dst` lies
-            // in the registered range, which the kernel checks. The struct
-            // is valid and writable for the call.
-            let ret = unsafe { libc::ioctl(self.uffd.fd.as_raw_fd(), UFFDIO_COPY as _, &mut copy) };
-            if ret == 0 {
-                break;
-            }
-            let err = io::Error::last_os_error();
-            match err.raw_os_error() {
-                // Another fault on the same page was served first.
-                Some(libc::EEXIST) => {
-                    self.stats.already_present += 1;
-                    store.mark_populated(index);
-                    return Ok(());
-                }
-                // The mapping changed under us: retry the rest.
-                Some(libc::EAGAIN) if copy.copy > 0 => copied += copy.copy as u64,
-                Some(libc::EAGAIN) => {}
-                _ => {
-                    return Err(UffdError::Copy {
-                        addr: page_addr,
-                        source: err,
-                    });
-                }
-            }
-        }
+        // SAFETY: `src_addr` points into `page` or into the saved copy in
+        // the store (locked above), both valid for one page.
+        let fresh = unsafe { copy_page(&self.uffd.fd, page_addr, src_addr, ps) }?;
         store.mark_populated(index);
+        if !fresh {
+            self.stats.already_present += 1;
+            return Ok(());
+        }
         self.stats.pages_copied += 1;
         if from_source {
             self.stats.from_source += 1;
         }
-        if src_addr != page.as_ptr() as u64 {
+        if src_addr != page.as_ptr() {
             self.stats.restored += 1;
         }
         Ok(())
@@ -462,24 +538,37 @@ impl Server {
     /// Fills `page` from the source image at `offset`, zeros past its end
     /// (or all zeros without one). Returns whether any byte came from it.
     fn read_source(&self, offset: u64, page: &mut [u8]) -> Result<bool, UffdError> {
-        page.fill(0);
-        let mut from_source = false;
-        if let Some(src) = &self.source {
-            let mut done = 0;
-            while done < page.len() {
-                match src.read_at(&mut page[done..], offset + done as u64) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        done += n;
-                        from_source = true;
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(source) => return Err(UffdError::Source { offset, source }),
+        match &self.source {
+            PageSource::File(f) => read_file_page(f.as_ref(), offset, page),
+            PageSource::Remote(_) => Ok(false),
+        }
+    }
+}
+
+/// Fills `page` from `file` at `offset`, zeros past its end (or all zeros
+/// without a file). Returns whether any byte came from the file.
+pub fn read_file_page(
+    file: Option<&File>,
+    offset: u64,
+    page: &mut [u8],
+) -> Result<bool, UffdError> {
+    page.fill(0);
+    let mut from_source = false;
+    if let Some(src) = file {
+        let mut done = 0;
+        while done < page.len() {
+            match src.read_at(&mut page[done..], offset + done as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    done += n;
+                    from_source = true;
                 }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(UffdError::Source { offset, source }),
             }
         }
-        Ok(from_source)
     }
+    Ok(from_source)
 }
 
 #[cfg(test)]
@@ -540,9 +629,14 @@ mod tests {
         let fatal = Arc::new(Mutex::new(None));
         let fatal2 = fatal.clone();
         let handler = uffd
-            .spawn_handler(Duration::ZERO, Some(src), store_for(&mem), move |e| {
-                *fatal2.lock().unwrap() = Some(e.to_string());
-            })
+            .spawn_handler(
+                Duration::ZERO,
+                PageSource::File(Some(src)),
+                store_for(&mem),
+                move |e| {
+                    *fatal2.lock().unwrap() = Some(e.to_string());
+                },
+            )
             .unwrap();
 
         assert_eq!(mem.read_byte(0), pattern[0]);
@@ -565,7 +659,12 @@ mod tests {
         let mem = Anon::new(ps * 4);
         let uffd = Userfault::register(mem.ptr, (ps * 4) as u64).expect("userfaultfd");
         let handler = uffd
-            .spawn_handler(Duration::from_millis(30), None, store_for(&mem), |_| {})
+            .spawn_handler(
+                Duration::from_millis(30),
+                PageSource::File(None),
+                store_for(&mem),
+                |_| {},
+            )
             .unwrap();
         let t = Instant::now();
         for p in 0..3 {
@@ -595,7 +694,12 @@ mod tests {
         let store = store_for(&mem);
         let uffd = Userfault::register(mem.ptr, (ps * pages) as u64).expect("userfaultfd");
         let handler = uffd
-            .spawn_handler(Duration::ZERO, None, store.clone(), |_| {})
+            .spawn_handler(
+                Duration::ZERO,
+                PageSource::File(None),
+                store.clone(),
+                |_| {},
+            )
             .unwrap();
 
         // First touches fault and get zero pages; then the data goes in.
@@ -636,7 +740,12 @@ mod tests {
         let mem = Anon::new(ps);
         let uffd = Userfault::register(mem.ptr, ps as u64).expect("userfaultfd");
         let handler = uffd
-            .spawn_handler(Duration::ZERO, None, store_for(&mem), |_| {})
+            .spawn_handler(
+                Duration::ZERO,
+                PageSource::File(None),
+                store_for(&mem),
+                |_| {},
+            )
             .unwrap();
         assert_eq!(handler.stop().unwrap(), UffdStats::default());
     }

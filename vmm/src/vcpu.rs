@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_run, kvm_vcpu_init, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    kvm_mp_state, kvm_run, kvm_vcpu_init, RegList, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
+    KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
@@ -22,6 +22,7 @@ use thiserror::Error;
 use crate::bus::MmioBus;
 use crate::pause::PauseGate;
 use crate::regs;
+use crate::snapshot::{reg_size, Reg};
 
 thread_local! {
     /// The `kvm_run` page of the vCPU this thread runs, while it runs one.
@@ -89,6 +90,36 @@ pub enum VcpuError {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+    /// Reading a vCPU's state failed.
+    #[error("vCPU {index}: {what}: {source}")]
+    Save {
+        /// vCPU index.
+        index: u8,
+        /// The call.
+        what: &'static str,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_GET_ONE_REG failed.
+    #[error("vCPU {index}: reading register {id:#x}: {source}")]
+    SaveReg {
+        /// vCPU index.
+        index: u8,
+        /// Register id.
+        id: u64,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
+    /// KVM_SET_ONE_REG of a saved register failed.
+    #[error("vCPU {index}: restoring register {id:#x}: {source}")]
+    RestoreReg {
+        /// vCPU index.
+        index: u8,
+        /// Register id.
+        id: u64,
+        /// Cause.
+        source: kvm_ioctls::Error,
+    },
     /// KVM_SET_ONE_REG of a core register failed.
     #[error("setting register {name} of the boot vCPU: {source}")]
     SetReg {
@@ -97,6 +128,90 @@ pub enum VcpuError {
         /// Cause.
         source: kvm_ioctls::Error,
     },
+}
+
+/// The registers of a stopped vCPU, as a snapshot keeps them.
+pub struct SavedRegs {
+    /// `MPIDR_EL1`.
+    pub mpidr: u64,
+    /// `KVM_GET_MP_STATE`.
+    pub mp_state: u32,
+    /// Every register `KVM_GET_REG_LIST` names.
+    pub regs: Vec<Reg>,
+}
+
+/// Reads every register of a vCPU that is out of KVM_RUN.
+pub fn save(vcpu: &VcpuFd, index: u8) -> Result<SavedRegs, VcpuError> {
+    let fail = |what: &'static str| {
+        move |source| VcpuError::Save {
+            index,
+            what,
+            source,
+        }
+    };
+    // KVM/arm64 lists a few hundred; the wrapper holds at most 500.
+    let mut list = RegList::new(500).map_err(|_| VcpuError::Save {
+        index,
+        what: "KVM_GET_REG_LIST",
+        source: kvm_ioctls::Error::new(libc::ENOMEM),
+    })?;
+    vcpu.get_reg_list(&mut list)
+        .map_err(fail("KVM_GET_REG_LIST"))?;
+    let mut regs = Vec::with_capacity(list.as_slice().len());
+    let mut mpidr = None;
+    for &id in list.as_slice() {
+        let mut value = vec![0u8; reg_size(id)];
+        vcpu.get_one_reg(id, &mut value)
+            .map_err(|source| VcpuError::SaveReg { index, id, source })?;
+        if id == regs::MPIDR_EL1 {
+            mpidr = value.as_slice().try_into().ok().map(u64::from_le_bytes);
+        }
+        regs.push(Reg { id, value });
+    }
+    let mpidr = match mpidr {
+        Some(m) => m,
+        None => {
+            let mut buf = [0u8; 8];
+            vcpu.get_one_reg(regs::MPIDR_EL1, &mut buf)
+                .map_err(|source| VcpuError::SaveReg {
+                    index,
+                    id: regs::MPIDR_EL1,
+                    source,
+                })?;
+            u64::from_le_bytes(buf)
+        }
+    };
+    let mp_state = vcpu
+        .get_mp_state()
+        .map_err(fail("KVM_GET_MP_STATE"))?
+        .mp_state;
+    Ok(SavedRegs {
+        mpidr,
+        mp_state,
+        regs,
+    })
+}
+
+/// Writes saved registers into a vCPU made by [`create`] that has not run:
+/// the firmware pseudo-registers first (they are the VM's and only
+/// writable before its first run), then the rest in the saved order, then
+/// the PSCI power state.
+pub fn restore(vcpu: &VcpuFd, index: u8, regs: &[Reg], mp_state: u32) -> Result<(), VcpuError> {
+    let (fw, rest): (Vec<&Reg>, Vec<&Reg>) = regs.iter().partition(|r| regs::is_firmware_reg(r.id));
+    for r in fw.into_iter().chain(rest) {
+        vcpu.set_one_reg(r.id, &r.value)
+            .map_err(|source| VcpuError::RestoreReg {
+                index,
+                id: r.id,
+                source,
+            })?;
+    }
+    vcpu.set_mp_state(kvm_mp_state { mp_state })
+        .map_err(|source| VcpuError::Save {
+            index,
+            what: "KVM_SET_MP_STATE",
+            source,
+        })
 }
 
 /// Creates vCPU `index` and runs KVM_ARM_VCPU_INIT with the host's
@@ -194,13 +309,23 @@ impl<W: Write> Runner<W> {
         }
     }
 
-    /// The run loop.
-    pub fn run(mut self) -> VcpuEnd {
-        let mut serial_error_reported = false;
-        let run: *mut kvm_run = self.fd.get_kvm_run();
+    /// The run loop. Gives the vCPU back when it ends, so that a stopped
+    /// VM can still be saved.
+    pub fn run(mut self) -> (VcpuEnd, VcpuFd) {
+        let end = {
+            let run: *mut kvm_run = self.fd.get_kvm_run();
+            let gate = self.gate.clone();
+            // Dropped before the vCPU fd leaves, and so before its mapping
+            // can go.
+            let _guard = RunGuard::new(&gate, run);
+            self.run_loop(run)
+        };
+        (end, self.fd)
+    }
+
+    fn run_loop(&mut self, run: *mut kvm_run) -> VcpuEnd {
         let gate = self.gate.clone();
-        // Dropped before `self`, and so before the vCPU fd and its mapping.
-        let _guard = RunGuard::new(&gate, run);
+        let mut serial_error_reported = false;
         loop {
             // Cleared before the checks: a kick after this point either
             // finds its request in them or makes the KVM_RUN below return.

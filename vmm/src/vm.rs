@@ -27,8 +27,10 @@ use crate::layout::{Layout, SERIAL_SPI};
 use crate::memory::{self, GuestMem, MemoryError};
 use crate::pagestore::PageStore;
 use crate::pause::{PauseError, PauseGate};
+use crate::snapshot::{GicReg, VcpuState, VmState, APF_BLOCK_ENABLED};
 use crate::stats::{self, Stat, StatsError};
 use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
+use apf_vmm::control::{Pending, MAX_PARK_TRIES};
 
 /// How long to keep kicking vCPU threads before giving up on joining them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -154,6 +156,17 @@ pub struct VmConfig<'a> {
     pub quiet: bool,
 }
 
+/// What a restored VM needs besides guest memory and its state.
+pub struct RestoreConfig {
+    /// Memory layout: only RAM is used.
+    pub ram: crate::layout::Region,
+    /// APF offered (as saved) or hidden (the caller has made sure no vCPU
+    /// has a block registered, or was told to go ahead anyway).
+    pub apf: ApfMode,
+    /// Suppress informational messages.
+    pub quiet: bool,
+}
+
 /// Events the main thread waits for.
 #[derive(Debug)]
 pub enum VmEvent {
@@ -166,10 +179,12 @@ pub enum VmEvent {
     },
     /// A helper (the userfaultfd handler) failed for good.
     Fatal(String),
+    /// A request from the control socket.
+    Control(Pending),
 }
 
 /// How the run ended.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RunEnd {
     /// The guest powered off.
     Shutdown,
@@ -183,6 +198,32 @@ pub enum RunEnd {
     Fatal(String),
     /// SIGINT or SIGTERM.
     Terminated,
+    /// Stopped for a snapshot or a migration, the KVM state captured.
+    Captured(Box<Capture>),
+}
+
+/// What a stopped VM's KVM objects held, taken for a snapshot or a
+/// migration; the caller adds the devices and memory.
+pub struct Capture {
+    /// The request that stopped the VM; its answer is still owed.
+    pub pending: Pending,
+    /// The vCPUs.
+    pub vcpus: Vec<VcpuState>,
+    /// The vGIC.
+    pub gic: Vec<GicReg>,
+    /// Faults in flight on the host when the vCPUs stopped (see
+    /// [`in_flight`]).
+    pub in_flight: u64,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Capture({:?}, in_flight {})",
+            self.pending.request, self.in_flight
+        )
+    }
 }
 
 /// The result of `Vm::run`.
@@ -215,31 +256,106 @@ fn info(quiet: bool, msg: &str) {
     }
 }
 
+/// The KVM objects every VM starts with: /dev/kvm, the VM with its RAM
+/// slot, and `vcpus` initialised vCPUs.
+fn kvm_vm(
+    ram: crate::layout::Region,
+    mem: &GuestMem,
+    vcpus: u8,
+) -> Result<(Kvm, VmFd, Vec<VcpuFd>), VmError> {
+    let kvm = Kvm::new().map_err(VmError::Kvm)?;
+    let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
+    let host = memory::host_address(mem, ram.base)?;
+    let region = kvm_userspace_memory_region {
+        slot: 0,
+        flags: 0,
+        guest_phys_addr: ram.base,
+        memory_size: ram.size,
+        userspace_addr: host as u64,
+    };
+    // SAFETY: the range is the guest RAM mapping owned by `mem`, which
+    // the caller keeps alive until after this VM is dropped (`Vm::run`
+    // consumes the VM; main drops guest memory only after that).
+    unsafe { vm.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
+    let mut fds = Vec::with_capacity(usize::from(vcpus));
+    for index in 0..vcpus {
+        fds.push(vcpu::create(&vm, index)?);
+    }
+    Ok((kvm, vm, fds))
+}
+
 impl Vm {
+    /// Creates a VM from a snapshot's state around `mem`, which holds (or
+    /// will serve on demand) the saved RAM, in the order KVM requires:
+    /// vCPUs and KVM_ARM_VCPU_INIT, the vGIC, the registers (firmware
+    /// ones first), the vGIC state, then the APF IRQ and BLOCK, which
+    /// queues the wake-all for the tasks parked at save time.
+    pub fn restore(
+        cfg: &RestoreConfig,
+        state: &VmState,
+        mem: &GuestMem,
+        serial_irq: EventFd,
+    ) -> Result<Vm, VmError> {
+        let n = u8::try_from(state.vcpus.len()).unwrap_or(u8::MAX);
+        let (kvm, vm, vcpus) = kvm_vm(cfg.ram, mem, n)?;
+        let gic = gic::create(&vm)?;
+        let hide = cfg.apf == ApfMode::Hidden;
+        for ((index, fd), saved) in (0u8..).zip(&vcpus).zip(&state.vcpus) {
+            let regs: Vec<crate::snapshot::Reg> = saved
+                .regs
+                .iter()
+                .map(|r| match r.id {
+                    crate::regs::KVM_REG_ARM_VENDOR_HYP_BMAP_2 if hide => {
+                        let v = u64::from_le_bytes(r.value.as_slice().try_into().unwrap_or([0; 8]));
+                        crate::snapshot::Reg {
+                            id: r.id,
+                            value: apf::hidden(v).to_le_bytes().to_vec(),
+                        }
+                    }
+                    _ => r.clone(),
+                })
+                .collect();
+            vcpu::restore(fd, index, &regs, saved.mp_state)?;
+        }
+        gic::restore(&gic, &state.gic)?;
+        let mut blocks = 0;
+        for ((index, fd), saved) in (0u8..).zip(&vcpus).zip(&state.vcpus) {
+            let Some(a) = saved.apf else { continue };
+            if !apf::set_irq(fd, index, a.irq)? {
+                continue;
+            }
+            if a.block & APF_BLOCK_ENABLED != 0 && !hide {
+                apf::restore_block(fd, index, a.block)?;
+                blocks += 1;
+            }
+        }
+        info(
+            cfg.quiet,
+            &format!(
+                "restored {} vCPUs, {} vGIC registers; APF blocks re-registered on {blocks} vCPUs{}",
+                vcpus.len(),
+                state.gic.len(),
+                if hide { " (APF hidden)" } else { "" }
+            ),
+        );
+        let stats = vcpus.iter().map(stats::open_stats_fd).collect();
+        vm.register_irqfd(&serial_irq, SERIAL_SPI)
+            .map_err(VmError::Irqfd)?;
+        Ok(Vm {
+            vcpus,
+            stats,
+            _serial_irq: serial_irq,
+            _gic: gic,
+            _fd: vm,
+            _kvm: kvm,
+        })
+    }
+
     /// Creates the VM around `mem`, which must outlive it, loads nothing
     /// (the caller has filled guest memory), and configures everything up
     /// to the first KVM_RUN. `serial_irq` is registered as the UART's irqfd.
     pub fn create(cfg: &VmConfig<'_>, mem: &GuestMem, serial_irq: EventFd) -> Result<Vm, VmError> {
-        let kvm = Kvm::new().map_err(VmError::Kvm)?;
-        let vm = kvm.create_vm().map_err(VmError::CreateVm)?;
-
-        let host = memory::host_base(mem, cfg.layout)?;
-        let region = kvm_userspace_memory_region {
-            slot: 0,
-            flags: 0,
-            guest_phys_addr: cfg.layout.ram.base,
-            memory_size: cfg.layout.ram.size,
-            userspace_addr: host as u64,
-        };
-        // SAFETY: the range is the guest RAM mapping owned by `mem`, which
-        // the caller keeps alive until after this VM is dropped (`Vm::run`
-        // consumes the VM; main drops guest memory only after that).
-        unsafe { vm.set_user_memory_region(region) }.map_err(VmError::MemorySlot)?;
-
-        let mut vcpus = Vec::with_capacity(usize::from(cfg.vcpus));
-        for index in 0..cfg.vcpus {
-            vcpus.push(vcpu::create(&vm, index)?);
-        }
+        let (kvm, vm, vcpus) = kvm_vm(cfg.layout.ram, mem, cfg.vcpus)?;
         let gic = gic::create(&vm)?;
         let Some(boot) = vcpus.first() else {
             return Err(VmError::Vcpu(VcpuError::Create {
@@ -292,7 +408,7 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(PauseGate::new(vcpus.len()));
         let warnings = Arc::new(AtomicU32::new(0));
-        let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+        let mut threads: Vec<JoinHandle<VcpuFd>> = Vec::with_capacity(vcpus.len());
         for (index, fd) in (0u8..).zip(vcpus) {
             let runner = Runner::new(
                 index,
@@ -306,9 +422,10 @@ impl Vm {
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .spawn(move || {
-                    let end = runner.run();
+                    let (end, fd) = runner.run();
                     // The receiver only goes away when the VMM is exiting.
                     let _ = tx.send(VmEvent::Vcpu { index, end });
+                    fd
                 });
             match spawned {
                 Ok(handle) => threads.push(handle),
@@ -367,6 +484,28 @@ impl Vm {
                     VcpuEnd::Stopped => continue,
                 },
                 Ok(VmEvent::Fatal(why)) => break RunEnd::Fatal(why),
+                Ok(VmEvent::Control(pending)) => {
+                    let pauser = VcpuPauser {
+                        gate: gate.clone(),
+                        threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
+                    };
+                    match stop_point(&pauser, &stats, pending.request.min_parked()) {
+                        Ok(in_flight) => {
+                            // The vCPUs are parked; `stop` below ends them
+                            // where they are.
+                            stop.store(true, Ordering::Release);
+                            break RunEnd::Captured(Box::new(Capture {
+                                pending,
+                                vcpus: Vec::new(),
+                                gic: Vec::new(),
+                                in_flight,
+                            }));
+                        }
+                        Err(why) => {
+                            let _ = pending.reply.send(Err(why));
+                        }
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     if TERMINATE.load(Ordering::Relaxed) {
                         break RunEnd::Terminated;
@@ -381,11 +520,35 @@ impl Vm {
         // Before the vCPU threads go: the evictor signals them by thread id.
         let evict = evictor.map(|ev| ev.stop());
         let all_stopped = stop_threads(&stop, &threads);
+        gate.resume();
+        let mut fds = Vec::with_capacity(threads.len());
         for (index, t) in threads.into_iter().enumerate() {
-            if t.is_finished() && t.join().is_err() {
-                eprintln!("apf-vmm: vcpu{index} thread panicked");
+            if t.is_finished() {
+                match t.join() {
+                    Ok(fd) => fds.push(fd),
+                    Err(_) => eprintln!("apf-vmm: vcpu{index} thread panicked"),
+                }
             }
         }
+        let end = match end {
+            RunEnd::Captured(mut c) if fds.len() == stats.len() => match capture(&fds, &_gic) {
+                Ok((vcpus, gic)) => {
+                    c.vcpus = vcpus;
+                    c.gic = gic;
+                    RunEnd::Captured(c)
+                }
+                Err(why) => {
+                    let _ = c.pending.reply.send(Err(why.clone()));
+                    RunEnd::Fatal(why)
+                }
+            },
+            RunEnd::Captured(c) => {
+                let why = "a vCPU thread did not stop; nothing saved".to_string();
+                let _ = c.pending.reply.send(Err(why.clone()));
+                RunEnd::Fatal(why)
+            }
+            other => other,
+        };
         // Other vCPUs may have failed at the same time; report them too.
         for event in rx.try_iter() {
             if let VmEvent::Vcpu {
@@ -410,9 +573,72 @@ impl Vm {
     }
 }
 
+/// Faults in flight on the host, from the vCPUs' statistics: PAGE_NOT_PRESENT
+/// events whose PAGE_READY has not been delivered. `apf_ready` also counts
+/// the one wake-all each vCPU gets when its block is registered (the
+/// guest's ENABLE, or a restore), which is added back for every vCPU that
+/// has had any event.
+pub fn in_flight(stats: &[Result<File, StatsError>]) -> u64 {
+    stats
+        .iter()
+        .filter_map(|f| f.as_ref().ok())
+        .filter_map(|f| stats::read_stats(f).ok())
+        .map(|s| {
+            let get = |n: &str| s.iter().find(|x| x.name == n).map_or(0, |x| x.value);
+            let (np, rd) = (get("apf_not_present"), get("apf_ready"));
+            if np == 0 && rd == 0 {
+                0
+            } else {
+                (np + 1).saturating_sub(rd)
+            }
+        })
+        .sum()
+}
+
+/// Pauses the vCPUs outside KVM_RUN at a moment when at least `min` faults
+/// are in flight, resuming and trying again (every 2 ms, at most
+/// `MAX_PARK_TRIES` times) until then. Returns, with the vCPUs paused,
+/// the faults in flight.
+fn stop_point(
+    pauser: &VcpuPauser,
+    stats: &[Result<File, StatsError>],
+    min: u32,
+) -> Result<u64, String> {
+    for _ in 0..MAX_PARK_TRIES {
+        pauser.pause().map_err(|e| e.to_string())?;
+        let n = in_flight(stats);
+        if n >= u64::from(min) {
+            return Ok(n);
+        }
+        pauser.resume();
+        thread::sleep(Duration::from_millis(2));
+    }
+    Err(format!(
+        "fewer than {min} asynchronous page faults in flight at each of {MAX_PARK_TRIES} pauses; the VM runs on"
+    ))
+}
+
+/// Reads every vCPU's registers and APF attributes, and the vGIC.
+fn capture(vcpus: &[VcpuFd], gic: &DeviceFd) -> Result<(Vec<VcpuState>, Vec<GicReg>), String> {
+    let mut out = Vec::with_capacity(vcpus.len());
+    for (index, fd) in (0u8..).zip(vcpus) {
+        let r = vcpu::save(fd, index).map_err(|e| e.to_string())?;
+        let a = apf::save(fd, index).map_err(|e| e.to_string())?;
+        out.push(VcpuState {
+            mpidr: r.mpidr,
+            mp_state: r.mp_state,
+            regs: r.regs,
+            apf: a,
+        });
+    }
+    let mpidrs: Vec<u64> = out.iter().map(|v| v.mpidr).collect();
+    let gic = gic::save(gic, &mpidrs).map_err(|e| e.to_string())?;
+    Ok((out, gic))
+}
+
 /// Sets `stop` and signals every thread until all have left KVM_RUN.
 /// Returns false if some thread did not finish in time.
-fn stop_threads(stop: &AtomicBool, threads: &[JoinHandle<()>]) -> bool {
+fn stop_threads<T>(stop: &AtomicBool, threads: &[JoinHandle<T>]) -> bool {
     stop.store(true, Ordering::Release);
     let deadline = Instant::now() + STOP_TIMEOUT;
     let mut all = true;

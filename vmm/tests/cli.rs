@@ -185,3 +185,35 @@ fn valid_input_reaches_the_vm_stage() {
         );
     }
 }
+
+#[test]
+fn move_commands_refuse_bad_input_before_any_vm() {
+    let s = Scratch::new("moves");
+    // No snapshot there: exit 2, and nothing else happens.
+    let o = vmm(&["restore", "--from", s.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("state"), "{}", stderr(&o));
+    // A state file that is not one.
+    s.file("state", b"not a snapshot");
+    s.file("memory", b"");
+    let o = vmm(&["restore", "--from", s.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("bad magic"), "{}", stderr(&o));
+    // Options are checked by clap: a latency out of range.
+    let o = vmm(&["restore", "--from", "/x", "--uffd-latency-us", "2000000"]);
+    assert_eq!(o.status.code(), Some(2));
+    // No VMM behind the socket: a runtime failure, exit 1.
+    let sock = s.path().join("none.sock");
+    let o = vmm(&[
+        "snapshot",
+        "--api-socket",
+        sock.to_str().unwrap(),
+        "--to",
+        "/tmp",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    assert!(stderr(&o).contains("control socket"), "{}", stderr(&o));
+    let o = vmm(&["restore", "--help"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("--allow-apf-loss"));
+}

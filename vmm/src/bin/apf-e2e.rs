@@ -20,7 +20,8 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use apf_vmm::e2e::args::{self, E2eArgs, E2eCommand};
+use apf_vmm::control;
+use apf_vmm::e2e::args::{self, E2eArgs, E2eCommand, MoveKind};
 use apf_vmm::e2e::check::{self, SwapDelta, VmmEnd};
 use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
@@ -42,28 +43,40 @@ fn say(line: &str) {
     let _ = out.flush();
 }
 
-/// Runs the command, echoing and parsing its stdout, until it exits or the
-/// timeout kills it. Returns how it ended and its process id.
-fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<(VmmEnd, u32)> {
-    let (program, rest) = args
-        .command
-        .split_first()
-        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+/// A line of a VMM process's output, its end, or a move's answer.
+enum Ev {
+    Line(usize, String),
+    Eof(usize),
+    Answer(usize, Result<String, String>),
+}
+
+/// One VMM process of the run.
+struct Proc {
+    child: std::process::Child,
+    reader: Option<thread::JoinHandle<()>>,
+    end: Option<VmmEnd>,
+}
+
+/// Starts `program args`, its stdout read line by line into `tx`.
+fn spawn(
+    program: &OsString,
+    args: &[OsString],
+    idx: usize,
+    tx: &mpsc::Sender<Ev>,
+) -> io::Result<Proc> {
     let mut child = Command::new(program)
-        .args(rest)
+        .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let pid = child.id();
     let stdout = child
         .stdout
         .take()
         .ok_or_else(|| io::Error::from(io::ErrorKind::BrokenPipe))?;
-
-    let (tx, rx) = mpsc::channel::<String>();
+    let tx = tx.clone();
     let reader = thread::Builder::new()
-        .name("vmm-stdout".into())
+        .name(format!("vmm{idx}-stdout"))
         .spawn(move || {
             let mut r = BufReader::new(stdout);
             let mut buf = Vec::new();
@@ -77,20 +90,82 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<(VmmEnd, u32)> 
                 let text = String::from_utf8_lossy(&buf);
                 let line = text.trim_end_matches(['\n', '\r']).to_string();
                 say(&line);
-                if tx.send(line).is_err() {
-                    break;
+                if tx.send(Ev::Line(idx, line)).is_err() {
+                    return;
                 }
             }
+            let _ = tx.send(Ev::Eof(idx));
         })?;
+    Ok(Proc {
+        child,
+        reader: Some(reader),
+        end: None,
+    })
+}
+
+fn end_of(status: ExitStatus) -> VmmEnd {
+    match status.code() {
+        Some(code) => VmmEnd::Exit(code),
+        None => VmmEnd::Signal(status.signal().unwrap_or(0)),
+    }
+}
+
+/// What the moves of a run left to check.
+#[derive(Default)]
+struct MoveLog {
+    /// Exit status of each `restore --apf hidden` attempt.
+    refusals: Vec<Option<i32>>,
+}
+
+fn scratch(kind: &str, n: usize) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("apf-e2e-{}-{kind}{n}", std::process::id()))
+}
+
+/// Asks the VMM behind `sock` for move `k` in a thread; the answer comes
+/// back as `Ev::Answer(k, ..)`.
+fn ask(sock: std::path::PathBuf, req: control::Request, k: usize, tx: &mpsc::Sender<Ev>) {
+    let tx = tx.clone();
+    thread::spawn(move || {
+        let r = control::send(&sock, &req, Duration::from_secs(600)).map_err(|e| e.to_string());
+        let _ = tx.send(Ev::Answer(k, r));
+    });
+}
+
+/// Runs the VMM, echoing and parsing its output, until it exits or the
+/// timeout kills it. With `--move`, moves the VM at each `--move-at` line:
+/// a snapshot and a lazy restore (first trying, and expecting refused, a
+/// restore with APF hidden), or a post-copy migration to a second VMM.
+/// Returns how the VMM processes ended (the worst of them) and the first
+/// one's process id.
+fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Result<(VmmEnd, u32)> {
+    let (program, rest) = args
+        .command
+        .split_first()
+        .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let (tx, rx) = mpsc::channel::<Ev>();
+    let mut first_args = rest.to_vec();
+    if args.moves.is_some() {
+        first_args.extend(["--api-socket".into(), scratch("ctl", 0).into_os_string()]);
+    }
+    let mut procs = vec![spawn(program, &first_args, 0, &tx)?];
+    let pid = procs[0].child.id();
+    let mut current = 0;
+    let mut next_move = 0;
+    let mut moving = false;
+    // A snapshot to restore once the VMM that saved it is gone.
+    let mut to_restore: Option<std::path::PathBuf> = None;
 
     let deadline = Instant::now() + Duration::from_secs(args.timeout_secs);
     let mut timed_out = false;
     let mut drain_until = None;
     loop {
+        if procs.iter().all(|p| p.end.is_some()) && to_restore.is_none() && !moving {
+            break;
+        }
         let limit = drain_until.unwrap_or(deadline);
         let left = limit.saturating_duration_since(Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(line) => obs.feed(&line),
+        let ev = match rx.recv_timeout(left) {
+            Ok(ev) => ev,
             Err(RecvTimeoutError::Disconnected) => break,
             Err(RecvTimeoutError::Timeout) if drain_until.is_none() => {
                 say(&format!(
@@ -98,27 +173,140 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations) -> io::Result<(VmmEnd, u32)> 
                     args.timeout_secs
                 ));
                 timed_out = true;
-                let _ = child.kill();
+                for p in &mut procs {
+                    let _ = p.child.kill();
+                }
                 drain_until = Some(Instant::now() + DRAIN);
+                continue;
             }
             Err(RecvTimeoutError::Timeout) => break,
+        };
+        match ev {
+            Ev::Line(i, line) => {
+                obs.feed(&line);
+                let Some(m) = &args.moves else { continue };
+                if i != current || moving || timed_out {
+                    continue;
+                }
+                let Some(at) = m.at.get(next_move) else {
+                    continue;
+                };
+                if !line.contains(at.as_str()) {
+                    continue;
+                }
+                let k = next_move;
+                next_move += 1;
+                moving = true;
+                let sock = scratch("ctl", k);
+                match m.kind {
+                    MoveKind::Snapshot => {
+                        let dir = scratch("snap", k);
+                        let _ = std::fs::remove_dir_all(&dir);
+                        std::fs::create_dir_all(&dir)?;
+                        say(&format!("e2e: move {k}: snapshot into {}", dir.display()));
+                        let req = control::Request::Snapshot {
+                            dir,
+                            min_parked: m.min_parked,
+                        };
+                        ask(sock, req, k, &tx);
+                    }
+                    MoveKind::Postcopy => {
+                        let listen = scratch("rx", k);
+                        let _ = std::fs::remove_file(&listen);
+                        let dest: Vec<OsString> = vec![
+                            "receive".into(),
+                            "--listen".into(),
+                            listen.clone().into_os_string(),
+                            "--uffd-latency-us".into(),
+                            m.latency_us.to_string().into(),
+                            "--api-socket".into(),
+                            scratch("ctl", k + 1).into_os_string(),
+                        ];
+                        say(&format!("e2e: move {k}: post-copy to {}", listen.display()));
+                        procs.push(spawn(program, &dest, procs.len(), &tx)?);
+                        let t = Instant::now();
+                        while !listen.exists() && t.elapsed() < Duration::from_secs(30) {
+                            thread::sleep(Duration::from_millis(10));
+                        }
+                        let req = control::Request::Migrate {
+                            to: listen,
+                            min_parked: m.min_parked,
+                        };
+                        ask(sock, req, k, &tx);
+                    }
+                }
+            }
+            Ev::Answer(k, answer) => {
+                moving = false;
+                match answer {
+                    Ok(text) => {
+                        say(&format!("e2e: move {k}: {text}"));
+                        match args.moves.as_ref().map(|m| m.kind) {
+                            Some(MoveKind::Snapshot) => to_restore = Some(scratch("snap", k)),
+                            _ => current = procs.len() - 1,
+                        }
+                    }
+                    Err(e) => say(&format!("e2e: move {k}: FAILED: {e}")),
+                }
+            }
+            Ev::Eof(i) => {
+                if let Some(r) = procs[i].reader.take() {
+                    let _ = r.join();
+                }
+                let status = procs[i].child.wait()?;
+                procs[i].end = Some(end_of(status));
+            }
+        }
+        // The saving VMM is gone: refuse-check, then restore.
+        if let (Some(dir), Some(m)) = (&to_restore, &args.moves) {
+            if procs[current].end.is_some() && !timed_out {
+                let code = Command::new(program)
+                    .args(["restore", "--apf", "hidden", "--quiet", "--from"])
+                    .arg(dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::inherit())
+                    .status()?
+                    .code();
+                say(&format!(
+                    "e2e: restore with --apf hidden: exit {code:?} (2 expected: refused)"
+                ));
+                log.refusals.push(code);
+                let k = next_move;
+                let restore: Vec<OsString> = vec![
+                    "restore".into(),
+                    "--from".into(),
+                    dir.clone().into_os_string(),
+                    "--uffd-latency-us".into(),
+                    m.latency_us.to_string().into(),
+                    "--api-socket".into(),
+                    scratch("ctl", k).into_os_string(),
+                ];
+                say(&format!("e2e: restoring {}", dir.display()));
+                procs.push(spawn(program, &restore, procs.len(), &tx)?);
+                current = procs.len() - 1;
+                to_restore = None;
+            }
         }
     }
-    if timed_out {
-        let _ = child.kill();
+    for p in &mut procs {
+        if p.end.is_none() {
+            let _ = p.child.kill();
+            p.end = Some(end_of(p.child.wait()?));
+        }
     }
-    let status: ExitStatus = child.wait()?;
-    // The pipe is closed once the child is gone, unless it left a
-    // descendant holding it; do not wait for that one.
-    if reader.is_finished() {
-        let _ = reader.join();
+    for k in 0..=next_move {
+        let _ = std::fs::remove_dir_all(scratch("snap", k));
+        let _ = std::fs::remove_file(scratch("ctl", k));
+        let _ = std::fs::remove_file(scratch("rx", k));
     }
     let end = if timed_out {
         VmmEnd::Timeout(args.timeout_secs)
-    } else if let Some(code) = status.code() {
-        VmmEnd::Exit(code)
     } else {
-        VmmEnd::Signal(status.signal().unwrap_or(0))
+        procs
+            .iter()
+            .filter_map(|p| p.end)
+            .find(|e| *e != VmmEnd::Exit(0))
+            .unwrap_or(VmmEnd::Exit(0))
     };
     Ok((end, pid))
 }
@@ -235,7 +423,8 @@ fn run(args: E2eArgs) -> u8 {
     for text in &args.console_has {
         obs.watch(text);
     }
-    let (end, pid) = match run_vmm(&args, &mut obs) {
+    let mut log = MoveLog::default();
+    let (end, pid) = match run_vmm(&args, &mut obs, &mut log) {
         Ok(r) => r,
         Err(e) => {
             say(&format!(
@@ -258,7 +447,15 @@ fn run(args: E2eArgs) -> u8 {
     drop(page_cluster);
     drop(zram);
 
-    let checks = check::evaluate(&obs, end, args.expect, &args.guest_min, swap_delta.as_ref());
+    let mut checks = check::evaluate(&obs, end, args.expect, &args.guest_min, swap_delta.as_ref());
+    if let Some(m) = &args.moves {
+        checks.extend(check::move_checks(
+            m.at.len(),
+            m.min_parked,
+            &obs,
+            &log.refusals,
+        ));
+    }
     for c in &checks {
         say(&c.to_string());
     }

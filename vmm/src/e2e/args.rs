@@ -33,6 +33,29 @@ pub enum Expect {
     None,
 }
 
+/// How the VM is moved during the run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MoveKind {
+    /// `apf-vmm snapshot`, then `apf-vmm restore` (lazy, from the memory file).
+    Snapshot,
+    /// `apf-vmm migrate` to an `apf-vmm receive` (post-copy).
+    Postcopy,
+}
+
+/// The moves of a run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Moves {
+    /// Snapshot and restore, or post-copy.
+    pub kind: MoveKind,
+    /// One move for each: done when a line of the running VM's output
+    /// contains the text.
+    pub at: Vec<String>,
+    /// Faults in flight required when the vCPUs stop (`--min-parked`).
+    pub min_parked: u32,
+    /// `--uffd-latency-us` of the restoring or receiving VMM.
+    pub latency_us: u64,
+}
+
 /// The parsed command line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct E2eArgs {
@@ -50,6 +73,8 @@ pub struct E2eArgs {
     pub guest_min: Vec<(String, u64)>,
     /// Texts that some line of the output must contain.
     pub console_has: Vec<String>,
+    /// Moves of the VM, if any.
+    pub moves: Option<Moves>,
     /// The VMM and its arguments.
     pub command: Vec<OsString>,
 }
@@ -88,6 +113,9 @@ pub enum E2eArgsError {
     /// An option that only applies with swap.
     #[error("{0} needs --swap-disk or --swap-zram")]
     NeedsSwap(&'static str),
+    /// A move option without --move, or --move without --move-at.
+    #[error("{0}")]
+    Moves(&'static str),
     /// Nothing after `--`, or no `--`.
     #[error("no VMM command given (put it after --)")]
     NoCommand,
@@ -174,6 +202,10 @@ where
     let mut timeout = None;
     let mut guest_min = Vec::new();
     let mut console_has = Vec::new();
+    let mut move_kind = None;
+    let mut move_at = Vec::new();
+    let mut min_parked = None;
+    let mut restore_latency = None;
     let mut command = None;
 
     while let Some(arg) = iter.next() {
@@ -197,6 +229,10 @@ where
             "--timeout" => "--timeout",
             "--guest-min" => "--guest-min",
             "--console-has" => "--console-has",
+            "--move" => "--move",
+            "--move-at" => "--move-at",
+            "--min-parked" => "--min-parked",
+            "--restore-latency-us" => "--restore-latency-us",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
         let value = match inline {
@@ -242,7 +278,30 @@ where
                 set_once(&mut page_cluster, option, n)?;
             }
             "--guest-min" => guest_min.push(counter_min(option, &value)?),
-            "--console-has" => match value.to_str().filter(|t| !t.is_empty()) {
+            "--move" => {
+                let k = match value.to_str() {
+                    Some("snapshot") => MoveKind::Snapshot,
+                    Some("postcopy") => MoveKind::Postcopy,
+                    _ => {
+                        return Err(E2eArgsError::InvalidValue {
+                            option,
+                            value: value.to_string_lossy().into_owned(),
+                            reason: "expected snapshot or postcopy".into(),
+                        })
+                    }
+                };
+                set_once(&mut move_kind, option, k)?;
+            }
+            "--min-parked" => {
+                let n = number(option, &value, 0, 1000)?;
+                set_once(&mut min_parked, option, n as u32)?;
+            }
+            "--restore-latency-us" => {
+                let n = number(option, &value, 0, 1_000_000)?;
+                set_once(&mut restore_latency, option, n)?;
+            }
+            "--console-has" | "--move-at" => match value.to_str().filter(|t| !t.is_empty()) {
+                Some(text) if option == "--move-at" => move_at.push(text.to_string()),
                 Some(text) => console_has.push(text.to_string()),
                 None => {
                     return Err(E2eArgsError::InvalidValue {
@@ -266,6 +325,21 @@ where
     if !with_swap && page_cluster.is_some() {
         return Err(E2eArgsError::NeedsSwap("--page-cluster"));
     }
+    let moves = match move_kind {
+        Some(kind) if !move_at.is_empty() => Some(Moves {
+            kind,
+            at: move_at,
+            min_parked: min_parked.unwrap_or(0),
+            latency_us: restore_latency.unwrap_or(0),
+        }),
+        Some(_) => return Err(E2eArgsError::Moves("--move needs at least one --move-at")),
+        None if !move_at.is_empty() || min_parked.is_some() || restore_latency.is_some() => {
+            return Err(E2eArgsError::Moves(
+                "--move-at, --min-parked and --restore-latency-us need --move",
+            ))
+        }
+        None => None,
+    };
     Ok(E2eCommand::Run(E2eArgs {
         expect: expect.unwrap_or(Expect::Any),
         swap_zram_mib: swap,
@@ -274,6 +348,7 @@ where
         timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
         guest_min,
         console_has,
+        moves,
         command,
     }))
 }
@@ -291,6 +366,56 @@ mod tests {
             Ok(E2eCommand::Run(a)) => a,
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn moves() {
+        let a = run(&[
+            "--move",
+            "snapshot",
+            "--move-at",
+            "workload: start",
+            "--move-at",
+            "round 1/",
+            "--min-parked",
+            "2",
+            "--restore-latency-us",
+            "500",
+            "--",
+            "vmm",
+        ]);
+        let m = a.moves.unwrap();
+        assert_eq!(m.kind, MoveKind::Snapshot);
+        assert_eq!(
+            m.at,
+            vec!["workload: start".to_string(), "round 1/".to_string()]
+        );
+        assert_eq!((m.min_parked, m.latency_us), (2, 500));
+        assert!(run(&["--", "vmm"]).moves.is_none());
+        assert!(matches!(
+            p(&["--move", "postcopy", "--", "vmm"]),
+            Err(E2eArgsError::Moves(_))
+        ));
+        assert!(matches!(
+            p(&["--move-at", "x", "--", "vmm"]),
+            Err(E2eArgsError::Moves(_))
+        ));
+        assert!(matches!(
+            p(&["--min-parked", "1", "--", "vmm"]),
+            Err(E2eArgsError::Moves(_))
+        ));
+        assert!(p(&["--move", "teleport", "--move-at", "x", "--", "vmm"]).is_err());
+        assert!(p(&[
+            "--move",
+            "snapshot",
+            "--move-at",
+            "x",
+            "--min-parked",
+            "1001",
+            "--",
+            "vmm"
+        ])
+        .is_err());
     }
 
     #[test]

@@ -47,7 +47,8 @@ impl fmt::Display for Check {
     }
 }
 
-fn check(name: &'static str, ok: bool, details: impl Into<String>) -> Check {
+/// A check named `name`.
+pub fn check(name: &'static str, ok: bool, details: impl Into<String>) -> Check {
     Check {
         name,
         ok,
@@ -242,6 +243,39 @@ pub fn evaluate(
     }
     if let Some(delta) = swap {
         checks.extend(swap_checks(obs, delta));
+    }
+    checks
+}
+
+/// The checks of a run that moved the VM: every move was made and
+/// reported, each with at least `min_parked` faults in flight, and every
+/// attempt to restore a snapshot with APF hidden (`refusals`: its exit
+/// status) was refused.
+pub fn move_checks(
+    moves: usize,
+    min_parked: u32,
+    obs: &Observations,
+    refusals: &[Option<i32>],
+) -> Vec<Check> {
+    let seen = &obs.moves;
+    let mut checks = vec![check(
+        "moves",
+        seen.len() == moves,
+        format!("{} of {moves} moves reported by the VMM", seen.len()),
+    )];
+    let in_flight: Vec<u64> = seen.iter().map(|m| m.in_flight).collect();
+    let unacked: Vec<u64> = seen.iter().map(|m| m.ready_unacked).collect();
+    checks.push(check(
+        "in-flight",
+        !seen.is_empty() && in_flight.iter().all(|n| *n >= u64::from(min_parked)),
+        format!("faults in flight at each stop {in_flight:?} (at least {min_parked}); unACKed PAGE_READY {unacked:?}"),
+    ));
+    if !refusals.is_empty() {
+        checks.push(check(
+            "refuse-hidden",
+            refusals.iter().all(|c| *c == Some(2)),
+            format!("restore with --apf hidden exited {refusals:?} (2: refused)"),
+        ));
     }
     checks
 }

@@ -47,6 +47,16 @@ pub enum Workload {
     Fail(String),
 }
 
+/// A snapshot or migration the VMM reported (`snapshot: saved ...` or
+/// `snapshot: migrated ...`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MoveSeen {
+    /// Faults in flight on the host when the vCPUs stopped.
+    pub in_flight: u64,
+    /// Control blocks that held a PAGE_READY the guest had not ACKed.
+    pub ready_unacked: u64,
+}
+
 /// Everything seen so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observations {
@@ -61,8 +71,11 @@ pub struct Observations {
     /// Texts watched for with [`Observations::watch`], and whether a line
     /// contained each.
     pub watched: BTreeMap<String, bool>,
-    /// Host counters by vCPU index.
+    /// Host counters by vCPU index, summed over the VMM processes of a
+    /// run that moves the VM.
     pub host: BTreeMap<u32, HostApf>,
+    /// Snapshots and migrations, in order.
+    pub moves: Vec<MoveSeen>,
     /// vCPUs whose statistics the VMM could not read.
     pub host_unavailable: Vec<u32>,
     /// The VMM's uffd statistics line, if any.
@@ -78,6 +91,8 @@ const GUEST_NOT_OFFERED: &str = "apf_guest: not offered by the hypervisor";
 const WORKLOAD_OK: &str = "workload: ok";
 const WORKLOAD_FAIL: &str = "workload: FAIL";
 const WORKLOAD_KVM_APF: &str = "workload: kvm_apf ";
+const MOVE_SAVED: &str = "snapshot: saved ";
+const MOVE_MIGRATED: &str = "snapshot: migrated ";
 
 /// Value of `key=N` among the space-separated words of `text`.
 pub fn field(text: &str, key: &str) -> Option<u64> {
@@ -145,10 +160,18 @@ impl Observations {
         if let Some((index, stats)) = host_line(line) {
             match stats {
                 Some(s) => {
-                    self.host.insert(index, s);
+                    let h = self.host.entry(index).or_default();
+                    h.not_present += s.not_present;
+                    h.ready += s.ready;
                 }
                 None => self.host_unavailable.push(index),
             }
+        }
+        if line.starts_with(MOVE_SAVED) || line.starts_with(MOVE_MIGRATED) {
+            self.moves.push(MoveSeen {
+                in_flight: field(line, "in_flight").unwrap_or(0),
+                ready_unacked: field(line, "ready_unacked").unwrap_or(0),
+            });
         }
         if line.starts_with("uffd: ") {
             self.uffd = Some(line.to_string());
@@ -177,6 +200,36 @@ mod tests {
             o.feed(l);
         }
         o
+    }
+
+    #[test]
+    fn moves_and_summed_host_counters() {
+        let o = feed(&[
+            "apf: vcpu0 apf_not_present=5 apf_ready=3",
+            "snapshot: saved /tmp/s vcpus=2 in_flight=3 ready_unacked=1 block_reasons=vcpu0:2 pages=9",
+            "apf: vcpu0 apf_not_present=2 apf_ready=4",
+            "snapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1",
+        ]);
+        assert_eq!(
+            o.host[&0],
+            HostApf {
+                not_present: 7,
+                ready: 7
+            }
+        );
+        assert_eq!(
+            o.moves,
+            vec![
+                MoveSeen {
+                    in_flight: 3,
+                    ready_unacked: 1
+                },
+                MoveSeen {
+                    in_flight: 0,
+                    ready_unacked: 0
+                }
+            ]
+        );
     }
 
     #[test]

@@ -1,0 +1,237 @@
+// SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
+
+//! The commands that move a VM: `snapshot`, `migrate`, `restore` and
+//! `receive`, parsed with clap. (Booting a guest, `apf-vmm --kernel ...`,
+//! still goes through `args`.)
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::args::{ApfMode, MAX_UFFD_LATENCY_US};
+
+/// The words that select one of these commands.
+pub const COMMANDS: [&str; 4] = ["snapshot", "migrate", "restore", "receive"];
+
+/// apf-vmm's commands that save, move and restore a VM.
+#[derive(Debug, Parser)]
+#[command(name = "apf-vmm", disable_version_flag = true)]
+pub struct Cli {
+    /// The command.
+    #[command(subcommand)]
+    pub command: MoveCommand,
+}
+
+/// See each variant.
+#[derive(Debug, Subcommand)]
+pub enum MoveCommand {
+    /// Ask a running apf-vmm (started with --api-socket) to save its VM
+    /// into a directory (files `state` and `memory`) and stop.
+    Snapshot {
+        /// The running VMM's control socket.
+        #[arg(long)]
+        api_socket: PathBuf,
+        /// Directory to save into; it must exist.
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        when: When,
+    },
+    /// Ask a running apf-vmm to migrate its VM by post-copy to an
+    /// `apf-vmm receive` and stop once every page has arrived.
+    Migrate {
+        /// The running VMM's control socket.
+        #[arg(long)]
+        api_socket: PathBuf,
+        /// The receiving VMM's socket (`apf-vmm receive --listen`).
+        #[arg(long)]
+        to: PathBuf,
+        #[command(flatten)]
+        when: When,
+    },
+    /// Run a saved VM; its RAM is mapped empty and served on demand from
+    /// the snapshot's memory file by userfaultfd (a lazy restore).
+    Restore {
+        /// The snapshot directory.
+        #[arg(long)]
+        from: PathBuf,
+        /// Also copy every page in the background, demanded ones first.
+        #[arg(long)]
+        prefetch: bool,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Wait for a VM migrating by post-copy (`apf-vmm migrate`) and run it
+    /// at once, fetching its pages from the source as it faults.
+    Receive {
+        /// Unix socket to listen on.
+        #[arg(long)]
+        listen: PathBuf,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// When the running VM is stopped.
+#[derive(Debug, Args)]
+pub struct When {
+    /// Stop the vCPUs only at a moment when at least N asynchronous page
+    /// faults are in flight (pausing and resuming until then).
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub min_parked: u32,
+    /// Give up waiting for the VMM's answer after this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 600,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout: u64,
+}
+
+/// APF towards the restored guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ApfArg {
+    /// As saved.
+    On,
+    /// Hidden (refused if the saved guest had APF enabled, unless
+    /// --allow-apf-loss).
+    Hidden,
+}
+
+/// Options of the VMM that runs a restored or received VM.
+#[derive(Debug, Args)]
+pub struct Target {
+    /// Delay before each page is served, 0..1000000.
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_UFFD_LATENCY_US))]
+    pub uffd_latency_us: u64,
+    /// Offer APF as saved (on), or hide it.
+    #[arg(long, value_enum, default_value_t = ApfArg::On)]
+    pub apf: ApfArg,
+    /// With --apf hidden, restore a guest that had APF enabled anyway: the
+    /// tasks it had parked on APF will never be woken.
+    #[arg(long)]
+    pub allow_apf_loss: bool,
+    /// Control socket for snapshot and migrate requests, as for a boot.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// Do not print statistics and informational messages.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Target {
+    /// The APF mode for the VM.
+    pub fn apf_mode(&self) -> ApfMode {
+        match self.apf {
+            ApfArg::On => ApfMode::On,
+            ApfArg::Hidden => ApfMode::Hidden,
+        }
+    }
+}
+
+/// Whether `first` (the first argument) selects one of these commands.
+pub fn is_move_command(first: Option<&std::ffi::OsStr>) -> bool {
+    first
+        .and_then(|a| a.to_str())
+        .is_some_and(|a| COMMANDS.contains(&a))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("apf-vmm").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn commands_and_defaults() {
+        let c = parse(&[
+            "snapshot",
+            "--api-socket",
+            "/s",
+            "--to",
+            "/d",
+            "--min-parked",
+            "2",
+        ])
+        .unwrap();
+        let MoveCommand::Snapshot {
+            api_socket,
+            to,
+            when,
+        } = c.command
+        else {
+            panic!()
+        };
+        assert_eq!((api_socket, to), ("/s".into(), "/d".into()));
+        assert_eq!((when.min_parked, when.timeout), (2, 600));
+
+        let c = parse(&[
+            "restore",
+            "--from",
+            "/d",
+            "--uffd-latency-us",
+            "1000",
+            "--prefetch",
+        ])
+        .unwrap();
+        let MoveCommand::Restore {
+            from,
+            prefetch,
+            target,
+        } = c.command
+        else {
+            panic!()
+        };
+        assert_eq!(from, PathBuf::from("/d"));
+        assert!(prefetch);
+        assert_eq!(target.uffd_latency_us, 1000);
+        assert_eq!(target.apf_mode(), ApfMode::On);
+        assert!(!target.allow_apf_loss && !target.quiet && target.api_socket.is_none());
+
+        let c = parse(&[
+            "receive",
+            "--listen",
+            "/l",
+            "--apf",
+            "hidden",
+            "--allow-apf-loss",
+        ])
+        .unwrap();
+        let MoveCommand::Receive { target, .. } = c.command else {
+            panic!()
+        };
+        assert_eq!(target.apf_mode(), ApfMode::Hidden);
+        assert!(target.allow_apf_loss);
+    }
+
+    #[test]
+    fn bad_input_is_refused() {
+        for bad in [
+            &["snapshot", "--to", "/d"][..],
+            &["restore"],
+            &["restore", "--from", "/d", "--uffd-latency-us", "1000001"],
+            &["restore", "--from", "/d", "--apf", "off"],
+            &[
+                "migrate",
+                "--api-socket",
+                "/s",
+                "--to",
+                "/d",
+                "--timeout",
+                "0",
+            ],
+            &["receive", "--listen", "/l", "--kernel", "/k"],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        assert!(is_move_command(Some("restore".as_ref())));
+        assert!(!is_move_command(Some("--kernel".as_ref())));
+        assert!(!is_move_command(None));
+    }
+}
