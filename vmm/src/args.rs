@@ -163,9 +163,6 @@ pub enum ArgsError {
     /// `--mem-mode cgroup` without a limit.
     #[error("--mem-mode cgroup needs --cgroup-limit")]
     MissingCgroupLimit,
-    /// Two options that do not go together.
-    #[error("{0} and {1} cannot be used together")]
-    Conflict(&'static str, &'static str),
     /// An option that belongs to another memory mode.
     #[error("{option} only applies to --mem-mode {mode}")]
     WrongMode {
@@ -218,7 +215,7 @@ Options:
   --apf-irq INTID         PPI for APF PAGE_READY, 16..31 except 23 and 25..30
                           (default: KVM's, {KVM_ASYNC_PF_DEFAULT_IRQ})
   --api-socket PATH       take snapshot and migrate requests on this Unix socket
-                          (apf-vmm snapshot, apf-vmm migrate); not with --uffd-evict-ms
+                          (apf-vmm snapshot, apf-vmm migrate)
   --quiet                 do not print statistics and informational messages
   -h, --help              print this help
 
@@ -600,15 +597,6 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         }
         (MemMode::Plain | MemMode::Uffd, None, None) => None,
     };
-
-    // The evictor pauses the vCPU threads by their ids, which a snapshot
-    // ends.
-    if raw.api_socket.is_some() && raw.uffd_evict_ms.is_some_and(|ms| ms > 0) {
-        return Err(ArgsError::Conflict(
-            Opt::ApiSocket.name(),
-            Opt::UffdEvict.name(),
-        ));
-    }
 
     let boot = raw.boot.unwrap_or(BootMode::Dt);
     let mut cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;

@@ -571,14 +571,13 @@ mod kvm {
             backing.mem(),
             irq,
         )?;
-        info(
-            target.quiet,
-            &format!(
-                "restoring {} lazily{}",
+        if !target.quiet {
+            println!(
+                "restore: from {} lazily{}",
                 from.display(),
                 if prefetch { ", with prefetch" } else { "" }
-            ),
-        );
+            );
+        }
         let code = Session {
             vm,
             bus,

@@ -441,7 +441,7 @@ impl Vm {
             }
         }
 
-        let evictor = match evict {
+        let mut evictor = match evict {
             Some(setup) => {
                 let pauser = VcpuPauser {
                     gate: gate.clone(),
@@ -473,6 +473,7 @@ impl Vm {
         };
         drop(events);
 
+        let mut evicted = None;
         let end = loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
                 Ok(VmEvent::Vcpu { index, end }) => match end {
@@ -485,6 +486,11 @@ impl Vm {
                 },
                 Ok(VmEvent::Fatal(why)) => break RunEnd::Fatal(why),
                 Ok(VmEvent::Control(pending)) => {
+                    // The evictor pauses the vCPUs through the same gate,
+                    // and a stopped VM has nothing left to evict.
+                    if let Some(ev) = evictor.take() {
+                        evicted = Some(ev.stop());
+                    }
                     let pauser = VcpuPauser {
                         gate: gate.clone(),
                         threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
@@ -518,7 +524,7 @@ impl Vm {
         };
 
         // Before the vCPU threads go: the evictor signals them by thread id.
-        let evict = evictor.map(|ev| ev.stop());
+        let evict = evicted.or_else(|| evictor.map(|ev| ev.stop()));
         let all_stopped = stop_threads(&stop, &threads);
         gate.resume();
         let mut fds = Vec::with_capacity(threads.len());

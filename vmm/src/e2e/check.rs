@@ -270,6 +270,23 @@ pub fn move_checks(
         !seen.is_empty() && in_flight.iter().all(|n| *n >= u64::from(min_parked)),
         format!("faults in flight at each stop {in_flight:?} (at least {min_parked}); unACKed PAGE_READY {unacked:?}"),
     ));
+    // Every task parked when the VM stopped is woken by the wake-all of the
+    // VM that takes over: the guest's count of tasks a wake-all woke must
+    // reach the faults that were in flight at the stops.
+    let parked: u64 = in_flight.iter().sum();
+    checks.push(match obs.kvm_apf.get("wake_all_woken") {
+        Some(&woken) => check(
+            "parked-woken",
+            woken >= parked,
+            format!("{woken} tasks woken by a wake-all, {parked} faults in flight at the stops"),
+        ),
+        // A guest without APF has no /proc/kvm_apf, and nothing parked.
+        None => check(
+            "parked-woken",
+            parked == 0,
+            format!("no kvm_apf wake_all_woken line, {parked} faults in flight at the stops"),
+        ),
+    });
     if !refusals.is_empty() {
         checks.push(check(
             "refuse-hidden",
@@ -556,5 +573,37 @@ mod tests {
             .map(|c| c.details.as_str())
             .collect();
         assert_eq!(failed, ["\"never\""]);
+    }
+
+    #[test]
+    fn move_checks_need_every_move_the_parked_woken_and_refusals() {
+        let moved = |woken: &str| {
+            obs(&[
+                "snapshot: saved /s vcpus=2 in_flight=2 ready_unacked=0 block_reasons=vcpu0:1 pages=3",
+                "snapshot: saved /t vcpus=2 in_flight=1 ready_unacked=1 block_reasons=vcpu0:2 pages=3",
+                woken,
+            ])
+        };
+        let o = moved("workload: kvm_apf wake_all_woken 3");
+        assert!(names_failed(&move_checks(2, 1, &o, &[Some(2), Some(2)])).is_empty());
+        // One parked task not woken.
+        let o = moved("workload: kvm_apf wake_all_woken 2");
+        assert_eq!(names_failed(&move_checks(2, 1, &o, &[])), ["parked-woken"]);
+        // A move missing, too few in flight, a restore hiding APF accepted.
+        let o = moved("workload: kvm_apf wake_all_woken 3");
+        assert_eq!(
+            names_failed(&move_checks(3, 2, &o, &[Some(2), Some(0)])),
+            ["moves", "in-flight", "refuse-hidden"]
+        );
+        // No move reported at all.
+        let o = obs(&["workload: kvm_apf wake_all_woken 0"]);
+        assert_eq!(
+            names_failed(&move_checks(1, 0, &o, &[])),
+            ["moves", "in-flight"]
+        );
+        // APF hidden: no /proc/kvm_apf, nothing in flight.
+        let o =
+            obs(&["snapshot: saved /s vcpus=2 in_flight=0 ready_unacked=0 block_reasons= pages=3"]);
+        assert!(names_failed(&move_checks(1, 0, &o, &[])).is_empty());
     }
 }
