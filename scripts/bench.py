@@ -24,6 +24,8 @@ STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+)
                    r"compute_frac=([\d.]+)")
 FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
 VERDICT = re.compile(r"^e2e: (PASS|FAIL)\b")
+AFTER_MOVE = re.compile(r"^e2e: after-move wall=([\d.]+)s")
+MOVE_WORK = ("restore", "postcopy")
 HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
 FIELD = re.compile(r"(\w+)=(\d+)")
 
@@ -56,6 +58,9 @@ def parse(log):
                 cur["rounds"].append({"round": int(m.group(1)),
                                       "compute_ms": float(m.group(2)),
                                       "touch_ms": float(m.group(3))})
+            m = AFTER_MOVE.match(line)
+            if m:
+                cur["rounds"].append({"after_move_s": float(m.group(1))})
             m = HOST.match(line)
             if m:
                 for k, v in FIELD.findall(m.group(1)):
@@ -128,6 +133,15 @@ def figures(runs):
             f["fallbacks_on"] = {k: sum(p["on"]["host"].get(k, 0) for p in pairs)
                                  for k in sorted({k for p in pairs for k in p["on"]["host"]
                                                   if k.startswith("apf_sync_")})}
+        elif work in MOVE_WORK:
+            f["after_move_s_on"] = summary([per_run(p["on"], "after_move_s") for p in pairs])
+            f["after_move_s_hidden"] = summary([per_run(p["hidden"], "after_move_s")
+                                                for p in pairs])
+            f["after_move_ratio"] = summary([per_run(p["on"], "after_move_s") /
+                                             per_run(p["hidden"], "after_move_s")
+                                             for p in pairs])
+            f["not_present_on"] = summary([p["on"]["host"].get("apf_not_present", 0)
+                                           for p in pairs])
         else:
             f["compute_ratio"] = summary([per_run(p["on"], "compute_ms") /
                                           per_run(p["hidden"], "compute_ms") for p in pairs])
@@ -179,6 +193,18 @@ def table(figs, command):
             lines.append(f"| {config} | {f['vcpus']} | {f['pairs']} | "
                          f"{fmt(f['compute_ratio'], pct=True)} | "
                          f"{fmt(f['touch_ratio'], pct=True)} |")
+    moved = [(c, f) for c, f in figs.items() if f["work"] in MOVE_WORK]
+    if moved:
+        lines += ["", "| workload (e): moved mid-run | fetch latency | vCPUs | pairs "
+                  "| time to finish after the move, APF on | APF hidden "
+                  "| on vs hidden | PAGE_NOT_PRESENT per run |", "|---|---|---|---|---|---|---|---|"]
+        for config, f in moved:
+            lat = f["regime"].removeprefix("uffd")
+            lines.append(f"| {f['work']} | {int(lat) / 1000:g} ms | {f['vcpus']} | "
+                         f"{f['pairs']} | {fmt(f['after_move_s_on'], digits=1)} s | "
+                         f"{fmt(f['after_move_s_hidden'], digits=1)} s | "
+                         f"{fmt(f['after_move_ratio'], pct=True)} | "
+                         f"{fmt(f['not_present_on'], digits=0)} |")
     lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
               "reads its evicted pages, as a fraction of its rate with nothing faulting. "
               "Faulting thread's time: one pass over its pages."]
@@ -219,7 +245,7 @@ def svg(figs):
 
 
 FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
-           "extra_exits_per_fault", "compute_ratio", "touch_ratio")
+           "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio")
 
 
 def compare(first, second):

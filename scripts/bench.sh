@@ -13,6 +13,12 @@
 #          cgroup below the working set, swapping to the host's disk);
 #          1 and 2 vCPUs.
 #   free:  nothing faults; compute-only and memory-touching loops.
+#   restore, postcopy: workload (e), the time the guest takes to finish
+#          a fixed amount of work (apf-workload, 4 MiB per writer pass,
+#          3 rounds) after it was moved mid-run: snapshot and lazy
+#          restore, or post-copy migration, the destination fetching each
+#          page in uffd1000 / uffd5000 / uffd10000 (1, 5, 10 ms). With APF
+#          hidden the source VM already hides it (the restore keeps it).
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
 # interleaved. BENCH_QUICK=1: uffd1000 and swap on 2 vCPUs, and free,
 # 3 repetitions, fewer rounds (about 16 minutes here). BENCH_OUT: the output
@@ -43,13 +49,18 @@ guest_opt[swap]="APF_BENCH=storm APF_BENCH_EVICT=none APF_BENCH_MIB=64"
 e2e_opt[free]=""
 vmm_opt[free]="--mem-mode plain"
 guest_opt[free]="APF_BENCH=free APF_BENCH_MIB=16"
+# Workload (e): the move happens at the end of the first round.
+declare -A move_kind=([restore]=snapshot [postcopy]=postcopy)
+move_guest="APF_WL_MIB=4 APF_WL_ROUNDS=3"
 
 if [ "$quick" = 1 ]; then
 	configs=(storm-uffd1000-2 storm-swap-2 free-free-2)
 else
 	configs=(storm-uffd200-1 storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2
 		storm-uffd5000-1 storm-uffd5000-2 storm-swap-1 storm-swap-2
-		free-free-1 free-free-2)
+		free-free-1 free-free-2
+		restore-uffd1000-2 restore-uffd5000-2 restore-uffd10000-2
+		postcopy-uffd1000-2 postcopy-uffd5000-2 postcopy-uffd10000-2)
 fi
 # BENCH_CONFIGS="storm-swap-2 ..." picks configurations by hand.
 [ -z "${BENCH_CONFIGS:-}" ] || read -ra configs <<<"$BENCH_CONFIGS"
@@ -68,6 +79,14 @@ for rep in $(seq "$reps"); do
 				expect="--expect events" hide=""
 			else
 				expect="" hide=""
+			fi
+			if [ -n "${move_kind[$work]:-}" ]; then
+				[ "$apf" = on ] && expect="--expect events"
+				echo "bench:$c:$apf:$rep 900 /bin/apf-e2e $expect --move ${move_kind[$work]}" \
+					"--move-at \"workload: round 1/\" --restore-latency-us ${regime#uffd}" \
+					"--timeout 880 -- $vmm --vcpus $vcpus --mem-mode plain $hide" \
+					"--cmdline \"$cmdline $move_guest\"" >>"$list"
+				continue
 			fi
 			echo "bench:$c:$apf:$rep 900 /bin/apf-e2e $expect ${e2e_opt[$regime]} --timeout 880 --" \
 				"$vmm --vcpus $vcpus ${vmm_opt[$regime]} $hide" \
