@@ -27,28 +27,11 @@ pub struct Cli {
 pub enum MoveCommand {
     /// Ask a running apf-vmm (started with --api-socket) to save its VM
     /// into a directory (files `state` and `memory`) and stop.
-    Snapshot {
-        /// The running VMM's control socket.
-        #[arg(long)]
-        api_socket: PathBuf,
-        /// Directory to save into; it must exist.
-        #[arg(long)]
-        to: PathBuf,
-        #[command(flatten)]
-        when: When,
-    },
+    Snapshot(Ask),
     /// Ask a running apf-vmm to migrate its VM by post-copy to an
-    /// `apf-vmm receive` and stop once every page has arrived.
-    Migrate {
-        /// The running VMM's control socket.
-        #[arg(long)]
-        api_socket: PathBuf,
-        /// The receiving VMM's socket (`apf-vmm receive --listen`).
-        #[arg(long)]
-        to: PathBuf,
-        #[command(flatten)]
-        when: When,
-    },
+    /// `apf-vmm receive` (its --listen socket, --to) and stop once every
+    /// page has arrived.
+    Migrate(Ask),
     /// Run a saved VM; its RAM is mapped empty and served on demand from
     /// the snapshot's memory file by userfaultfd (a lazy restore).
     Restore {
@@ -70,6 +53,20 @@ pub enum MoveCommand {
         #[command(flatten)]
         target: Target,
     },
+}
+
+/// A request to a running VMM.
+#[derive(Debug, Args)]
+pub struct Ask {
+    /// The running VMM's control socket.
+    #[arg(long)]
+    pub api_socket: PathBuf,
+    /// Where to: the snapshot directory (it must exist), or the receiving
+    /// VMM's socket.
+    #[arg(long)]
+    pub to: PathBuf,
+    #[command(flatten)]
+    pub when: When,
 }
 
 /// When the running VM is stopped.
@@ -160,16 +157,11 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let MoveCommand::Snapshot {
-            api_socket,
-            to,
-            when,
-        } = c.command
-        else {
+        let MoveCommand::Snapshot(a) = c.command else {
             panic!()
         };
-        assert_eq!((api_socket, to), ("/s".into(), "/d".into()));
-        assert_eq!((when.min_parked, when.timeout), (2, 600));
+        assert_eq!((a.api_socket, a.to), ("/s".into(), "/d".into()));
+        assert_eq!((a.when.min_parked, a.when.timeout), (2, 600));
 
         let c = parse(&[
             "restore",

@@ -57,6 +57,9 @@ pub enum LifecycleError {
     /// The migration failed.
     #[error(transparent)]
     Migrate(#[from] crate::migrate::MigrateError),
+    /// The saved UART state was refused by vm-superio.
+    #[error("restoring the UART: {0}")]
+    Uart(String),
 }
 
 /// Decides whether `state` may be restored with APF `apf`: refuses to hide
@@ -225,6 +228,9 @@ mod kvm {
         pub migration_in: Option<JoinHandle<Result<migrate::DestStats, String>>>,
         /// The memory cgroup to report on.
         pub cgroup: Option<PathBuf>,
+        /// Run once the VM has stopped, while its RAM is still mapped:
+        /// ends helpers that fill it (the prefetcher).
+        pub on_stop: Option<Box<dyn FnOnce()>>,
     }
 
     impl Session {
@@ -242,6 +248,7 @@ mod kvm {
                 api_socket,
                 migration_in,
                 cgroup,
+                on_stop,
             } = self;
             let control = match &api_socket {
                 Some(path) => {
@@ -254,6 +261,9 @@ mod kvm {
             };
             let report = vm.run(bus.clone(), tx, rx, evict)?;
             drop(control);
+            if let Some(f) = on_stop {
+                f();
+            }
 
             let mut failure = None;
             let mut moved = None;
@@ -487,8 +497,48 @@ mod kvm {
             serial::LineTap::new(io::stdout(), hook),
             &state.uart,
         )
-        .map_err(|e| Error::Lifecycle(LifecycleError::Io(io::Error::other(e.to_string()))))?;
+        .map_err(|e| LifecycleError::Uart(e.to_string()))?;
         Ok((irq, Arc::new(MmioBus::new(serial))))
+    }
+
+    /// Creates the VM of `state` around `backing` and runs it.
+    fn run_restored(
+        state: &snapshot::VmState,
+        backing: Backing,
+        (tx, rx): (Sender<VmEvent>, Receiver<VmEvent>),
+        target: &Target,
+        announce: &str,
+        migration_in: Option<JoinHandle<Result<migrate::DestStats, String>>>,
+        on_stop: Option<Box<dyn FnOnce()>>,
+    ) -> Result<u8, Error> {
+        let (irq, bus) = restored_serial(state)?;
+        let vm = Vm::restore(
+            &RestoreConfig {
+                ram: backing.ram,
+                apf: target.apf_mode(),
+                quiet: target.quiet,
+            },
+            state,
+            backing.mem(),
+            irq,
+        )?;
+        if !target.quiet {
+            println!("restore: {announce}");
+        }
+        Session {
+            vm,
+            bus,
+            tx,
+            rx,
+            evict: None,
+            backing,
+            quiet: target.quiet,
+            api_socket: target.api_socket.clone(),
+            migration_in,
+            cgroup: None,
+            on_stop,
+        }
+        .run()
     }
 
     /// Copies every page not yet served from `file`, in order, beside the
@@ -560,47 +610,24 @@ mod kvm {
         } else {
             None
         };
-        let (irq, bus) = restored_serial(&state)?;
-        let vm = Vm::restore(
-            &RestoreConfig {
-                ram,
-                apf: target.apf_mode(),
-                quiet: target.quiet,
-            },
-            &state,
-            backing.mem(),
-            irq,
-        )?;
-        if !target.quiet {
-            println!(
-                "restore: from {} lazily{}",
-                from.display(),
-                if prefetch { ", with prefetch" } else { "" }
-            );
-        }
-        let code = Session {
-            vm,
-            bus,
-            tx,
-            rx,
-            evict: None,
-            backing,
-            quiet: target.quiet,
-            api_socket: target.api_socket.clone(),
-            migration_in: None,
-            cgroup: None,
-        }
-        .run();
-        stop.store(true, Ordering::Relaxed);
-        if let Some(p) = prefetcher {
-            if let Ok(Err(e)) = p.join() {
-                eprintln!("apf-vmm: prefetch: {e}");
-            }
-            if !target.quiet {
-                println!("prefetch: pages={}", copied.load(Ordering::Relaxed));
-            }
-        }
-        code
+        let announce = format!(
+            "from {} lazily{}",
+            from.display(),
+            if prefetch { ", with prefetch" } else { "" }
+        );
+        let quiet = target.quiet;
+        let on_stop = prefetcher.map(|p| {
+            Box::new(move || {
+                stop.store(true, Ordering::Relaxed);
+                if let Ok(Err(e)) = p.join() {
+                    eprintln!("apf-vmm: prefetch: {e}");
+                }
+                if !quiet {
+                    println!("prefetch: pages={}", copied.load(Ordering::Relaxed));
+                }
+            }) as Box<dyn FnOnce()>
+        });
+        run_restored(&state, backing, (tx, rx), target, &announce, None, on_stop)
     }
 
     /// `apf-vmm receive`.
@@ -665,34 +692,15 @@ mod kvm {
                 r
             })
             .map_err(LifecycleError::Io)?;
-        let (irq, bus) = restored_serial(&state)?;
-        let vm = Vm::restore(
-            &RestoreConfig {
-                ram,
-                apf: target.apf_mode(),
-                quiet: target.quiet,
-            },
+        run_restored(
             &state,
-            backing.mem(),
-            irq,
-        )?;
-        info(
-            target.quiet,
-            "running the migrated VM; its pages arrive by post-copy",
-        );
-        Session {
-            vm,
-            bus,
-            tx,
-            rx,
-            evict: None,
             backing,
-            quiet: target.quiet,
-            api_socket: target.api_socket.clone(),
-            migration_in: Some(receiver),
-            cgroup: None,
-        }
-        .run()
+            (tx, rx),
+            target,
+            "from the migration stream; pages arrive by post-copy",
+            Some(receiver),
+            None,
+        )
     }
 }
 

@@ -352,6 +352,7 @@ fn run(p: Prepared) -> Result<u8, Error> {
         api_socket: args.api_socket,
         migration_in: None,
         cgroup: cgroup.as_ref().map(|cg| cg.path().to_path_buf()),
+        on_stop: None,
     }
     .run()?;
     // The process leaves the cgroup only after guest RAM is gone.
@@ -364,39 +365,33 @@ fn run(_p: Prepared) -> Result<u8, Error> {
     Err(Error::UnsupportedArch(std::env::consts::ARCH))
 }
 
+/// Sends `req` to the VMM behind `a.api_socket` and prints its answer.
+fn ask(a: &cli::Ask, req: control::Request) -> Result<u8, Error> {
+    let timeout = std::time::Duration::from_secs(a.when.timeout);
+    println!("{}", control::send(&a.api_socket, &req, timeout)?);
+    Ok(0)
+}
+
 /// `apf-vmm snapshot|migrate|restore|receive`.
 fn run_move(command: cli::MoveCommand) -> Result<u8, Error> {
     use cli::MoveCommand;
     use control::Request;
-    use std::time::Duration;
 
     match command {
-        MoveCommand::Snapshot {
-            api_socket,
-            to,
-            when,
-        } => {
-            let req = Request::Snapshot {
-                dir: to,
-                min_parked: when.min_parked,
-            };
-            let answer = control::send(&api_socket, &req, Duration::from_secs(when.timeout))?;
-            println!("{answer}");
-            Ok(0)
-        }
-        MoveCommand::Migrate {
-            api_socket,
-            to,
-            when,
-        } => {
-            let req = Request::Migrate {
-                to,
-                min_parked: when.min_parked,
-            };
-            let answer = control::send(&api_socket, &req, Duration::from_secs(when.timeout))?;
-            println!("{answer}");
-            Ok(0)
-        }
+        MoveCommand::Snapshot(a) => ask(
+            &a,
+            Request::Snapshot {
+                dir: a.to.clone(),
+                min_parked: a.when.min_parked,
+            },
+        ),
+        MoveCommand::Migrate(a) => ask(
+            &a,
+            Request::Migrate {
+                to: a.to.clone(),
+                min_parked: a.when.min_parked,
+            },
+        ),
         #[cfg(target_arch = "aarch64")]
         MoveCommand::Restore {
             from,

@@ -338,9 +338,21 @@ impl Vm {
                 if hide { " (APF hidden)" } else { "" }
             ),
         );
-        let stats = vcpus.iter().map(stats::open_stats_fd).collect();
+        Vm::assemble(kvm, vm, vcpus, gic, serial_irq)
+    }
+
+    /// The last steps of both ways to make a VM: the UART's irqfd, the
+    /// vCPUs' statistics.
+    fn assemble(
+        kvm: Kvm,
+        vm: VmFd,
+        vcpus: Vec<VcpuFd>,
+        gic: DeviceFd,
+        serial_irq: EventFd,
+    ) -> Result<Vm, VmError> {
         vm.register_irqfd(&serial_irq, SERIAL_SPI)
             .map_err(VmError::Irqfd)?;
+        let stats = vcpus.iter().map(stats::open_stats_fd).collect();
         Ok(Vm {
             vcpus,
             stats,
@@ -366,20 +378,7 @@ impl Vm {
         vcpu::set_boot_regs(boot, cfg.layout.kernel.base, cfg.layout.dtb.base)?;
 
         configure_apf(cfg, &vcpus)?;
-
-        vm.register_irqfd(&serial_irq, SERIAL_SPI)
-            .map_err(VmError::Irqfd)?;
-
-        let stats = vcpus.iter().map(stats::open_stats_fd).collect();
-
-        Ok(Vm {
-            vcpus,
-            stats,
-            _serial_irq: serial_irq,
-            _gic: gic,
-            _fd: vm,
-            _kvm: kvm,
-        })
+        Vm::assemble(kvm, vm, vcpus, gic, serial_irq)
     }
 
     /// Runs the VM until the guest powers off, resets or fails, or the VMM
