@@ -285,7 +285,7 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                     log.refusals.push(code);
                 }
                 let k = next_move;
-                let restore: Vec<OsString> = vec![
+                let mut restore: Vec<OsString> = vec![
                     "restore".into(),
                     "--from".into(),
                     dir.clone().into_os_string(),
@@ -294,6 +294,9 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                     "--api-socket".into(),
                     scratch("ctl", k).into_os_string(),
                 ];
+                if m.prefetch {
+                    restore.push("--prefetch".into());
+                }
                 say(&format!("e2e: restoring {}", dir.display()));
                 procs.push(spawn(program, &restore, procs.len(), &tx)?);
                 moved_at = Some(Instant::now());

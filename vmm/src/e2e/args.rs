@@ -54,6 +54,8 @@ pub struct Moves {
     pub min_parked: u32,
     /// `--uffd-latency-us` of the restoring or receiving VMM.
     pub latency_us: u64,
+    /// Restore with `--prefetch`.
+    pub prefetch: bool,
 }
 
 /// The parsed command line.
@@ -206,6 +208,7 @@ where
     let mut move_at = Vec::new();
     let mut min_parked = None;
     let mut restore_latency = None;
+    let mut prefetch = false;
     let mut command = None;
 
     while let Some(arg) = iter.next() {
@@ -216,6 +219,13 @@ where
         }
         if text == "-h" || text == "--help" {
             return Ok(E2eCommand::Help);
+        }
+        if text == "--restore-prefetch" {
+            if prefetch {
+                return Err(E2eArgsError::Duplicate("--restore-prefetch"));
+            }
+            prefetch = true;
+            continue;
         }
         let (name, inline) = match text.split_once('=') {
             Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
@@ -331,9 +341,14 @@ where
             at: move_at,
             min_parked: min_parked.unwrap_or(0),
             latency_us: restore_latency.unwrap_or(0),
+            prefetch,
         }),
         Some(_) => return Err(E2eArgsError::Moves("--move needs at least one --move-at")),
-        None if !move_at.is_empty() || min_parked.is_some() || restore_latency.is_some() => {
+        None if !move_at.is_empty()
+            || min_parked.is_some()
+            || restore_latency.is_some()
+            || prefetch =>
+        {
             return Err(E2eArgsError::Moves(
                 "--move-at, --min-parked and --restore-latency-us need --move",
             ))
@@ -390,7 +405,21 @@ mod tests {
             m.at,
             vec!["workload: start".to_string(), "round 1/".to_string()]
         );
-        assert_eq!((m.min_parked, m.latency_us), (2, 500));
+        assert_eq!((m.min_parked, m.latency_us, m.prefetch), (2, 500, false));
+        let a = run(&[
+            "--move",
+            "snapshot",
+            "--move-at",
+            "x",
+            "--restore-prefetch",
+            "--",
+            "vmm",
+        ]);
+        assert!(a.moves.unwrap().prefetch);
+        assert!(matches!(
+            p(&["--restore-prefetch", "--", "vmm"]),
+            Err(E2eArgsError::Moves(_))
+        ));
         assert!(run(&["--", "vmm"]).moves.is_none());
         assert!(matches!(
             p(&["--move", "postcopy", "--", "vmm"]),
