@@ -48,6 +48,7 @@ mod kvm {
     use crate::snapshot::ApfAttrs;
     use kvm_bindings::kvm_device_attr;
     use kvm_ioctls::VcpuFd;
+    use std::os::fd::AsRawFd;
     use thiserror::Error;
     use vmm_sys_util::ioctl::ioctl_with_mut_ref;
 
@@ -157,7 +158,7 @@ mod kvm {
         }
     }
 
-    fn get_attr(vcpu: &VcpuFd, index: u8, attr: u64) -> Result<Option<u64>, ApfError> {
+    fn get_attr<F: AsRawFd>(vcpu: &F, index: u8, attr: u64) -> Result<Option<u64>, ApfError> {
         let mut value: u64 = 0;
         let mut a = kvm_device_attr {
             flags: 0,
@@ -185,6 +186,16 @@ mod kvm {
             attr,
             source: e,
         })
+    }
+
+    /// The control block a vCPU has registered (its IPA), if any; `vcpu`
+    /// may be a duplicate of the vCPU's fd, and the vCPU must be out of
+    /// KVM_RUN.
+    pub fn block_ipa<F: AsRawFd>(vcpu: &F, index: u8) -> Option<u64> {
+        match get_attr(vcpu, index, KVM_ARM_VCPU_ASYNC_PF_BLOCK) {
+            Ok(Some(b)) if b & crate::snapshot::APF_BLOCK_ENABLED != 0 => Some(b & !63),
+            _ => None,
+        }
     }
 
     /// A stopped vCPU's APF attributes; `None` if the host has none.

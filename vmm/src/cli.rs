@@ -76,6 +76,10 @@ pub struct When {
     /// faults are in flight (pausing and resuming until then).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub min_parked: u32,
+    /// Also wait for a moment when a vCPU's control block holds a
+    /// PAGE_READY the guest has not ACKed yet.
+    #[arg(long)]
+    pub unacked: bool,
     /// Give up waiting for the VMM's answer after this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -112,6 +116,16 @@ pub struct Target {
     /// Do not print statistics and informational messages.
     #[arg(long)]
     pub quiet: bool,
+}
+
+impl When {
+    /// As the control socket says it.
+    pub fn stop_at(&self) -> apf_vmm::control::StopAt {
+        apf_vmm::control::StopAt {
+            min_parked: self.min_parked,
+            unacked: self.unacked,
+        }
+    }
 }
 
 impl Target {

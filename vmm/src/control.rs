@@ -4,11 +4,13 @@
 //! a running VMM takes one request per connection, a line of text, and
 //! answers with one line, `ok ...` or `error ...`:
 //!
-//! - `snapshot DIR [min-parked=N]`: stop the vCPUs, save the VM into DIR
-//!   (see `snapshot`), and end. With `min-parked=N`, first wait (pausing
-//!   and resuming the vCPUs, at most [`MAX_PARK_TRIES`] times) for a moment
-//!   when the host has at least N asynchronous page faults outstanding, so
-//!   that the snapshot is taken mid-storm.
+//! - `snapshot DIR [min-parked=N] [unacked=1]`: stop the vCPUs, save the
+//!   VM into DIR (see `snapshot`), and end. With `min-parked=N`, first wait
+//!   (pausing and resuming the vCPUs, at most [`MAX_PARK_TRIES`] times) for
+//!   a moment when the host has at least N asynchronous page faults
+//!   outstanding, so that the snapshot is taken mid-storm; with
+//!   `unacked=1`, also for one when a control block holds a PAGE_READY the
+//!   guest has not ACKed yet.
 //! - `migrate SOCKET [min-parked=N]`: stop the vCPUs likewise, send the state
 //!   to the `apf-vmm receive` listening on SOCKET, serve it guest RAM by
 //!   post-copy (see `migrate`), and end once every page has arrived.
@@ -38,16 +40,25 @@ pub enum Request {
     Snapshot {
         /// Where the state and memory files go.
         dir: PathBuf,
-        /// Faults that must be in flight when the vCPUs stop.
-        min_parked: u32,
+        /// When to stop.
+        at: StopAt,
     },
     /// Migrate by post-copy to a receiving VMM and stop.
     Migrate {
         /// The receiver's socket.
         to: PathBuf,
-        /// As for `Snapshot`.
-        min_parked: u32,
+        /// When to stop.
+        at: StopAt,
     },
+}
+
+/// The moment a request waits for before it stops the vCPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StopAt {
+    /// Faults that must be in flight.
+    pub min_parked: u32,
+    /// A control block must hold an un-ACKed PAGE_READY.
+    pub unacked: bool,
 }
 
 /// Control socket errors.
@@ -84,23 +95,24 @@ impl Request {
         let mut words = line.split_whitespace();
         let verb = words.next().ok_or_else(|| bad("empty"))?;
         let target = words.next().ok_or_else(|| bad("no path"))?;
-        let mut min_parked = 0;
+        let mut at = StopAt::default();
         for w in words {
-            let n = w
-                .strip_prefix("min-parked=")
-                .ok_or_else(|| bad("unknown parameter"))?;
-            min_parked = n.parse().map_err(|_| bad("min-parked is not a number"))?;
+            if let Some(n) = w.strip_prefix("min-parked=") {
+                at.min_parked = n.parse().map_err(|_| bad("min-parked is not a number"))?;
+            } else if let Some(n) = w.strip_prefix("unacked=") {
+                at.unacked = match n {
+                    "0" => false,
+                    "1" => true,
+                    _ => return Err(bad("unacked is 0 or 1")),
+                };
+            } else {
+                return Err(bad("unknown parameter"));
+            }
         }
         let path = PathBuf::from(target);
         match verb {
-            "snapshot" => Ok(Request::Snapshot {
-                dir: path,
-                min_parked,
-            }),
-            "migrate" => Ok(Request::Migrate {
-                to: path,
-                min_parked,
-            }),
+            "snapshot" => Ok(Request::Snapshot { dir: path, at }),
+            "migrate" => Ok(Request::Migrate { to: path, at }),
             _ => Err(bad("unknown verb (snapshot or migrate)")),
         }
     }
@@ -108,9 +120,9 @@ impl Request {
     /// The request line (without its newline). Paths with white space or
     /// outside UTF-8 cannot be sent.
     pub fn line(&self) -> Result<String, ControlError> {
-        let (verb, path, min) = match self {
-            Request::Snapshot { dir, min_parked } => ("snapshot", dir, *min_parked),
-            Request::Migrate { to, min_parked } => ("migrate", to, *min_parked),
+        let (verb, path, at) = match self {
+            Request::Snapshot { dir, at } => ("snapshot", dir, at),
+            Request::Migrate { to, at } => ("migrate", to, at),
         };
         let text = path
             .to_str()
@@ -119,15 +131,17 @@ impl Request {
                 line: path.to_string_lossy().into_owned(),
                 why: "the path must be UTF-8 without white space",
             })?;
-        Ok(format!("{verb} {text} min-parked={min}"))
+        Ok(format!(
+            "{verb} {text} min-parked={} unacked={}",
+            at.min_parked,
+            u8::from(at.unacked)
+        ))
     }
 
-    /// The minimum of faults in flight the request waits for.
-    pub fn min_parked(&self) -> u32 {
+    /// The moment the request waits for.
+    pub fn stop_at(&self) -> StopAt {
         match self {
-            Request::Snapshot { min_parked, .. } | Request::Migrate { min_parked, .. } => {
-                *min_parked
-            }
+            Request::Snapshot { at, .. } | Request::Migrate { at, .. } => *at,
         }
     }
 }
@@ -241,30 +255,37 @@ mod tests {
 
     #[test]
     fn requests_parse_and_print() {
-        let r = Request::parse("snapshot /tmp/s min-parked=3").unwrap();
+        let r = Request::parse("snapshot /tmp/s min-parked=3 unacked=1").unwrap();
         assert_eq!(
             r,
             Request::Snapshot {
                 dir: "/tmp/s".into(),
-                min_parked: 3
+                at: StopAt {
+                    min_parked: 3,
+                    unacked: true
+                }
             }
         );
         assert_eq!(Request::parse(&r.line().unwrap()).unwrap(), r);
         let m = Request::parse("migrate /run/dst.sock").unwrap();
-        assert_eq!(m.min_parked(), 0);
-        assert_eq!(m.line().unwrap(), "migrate /run/dst.sock min-parked=0");
+        assert_eq!(m.stop_at(), StopAt::default());
+        assert_eq!(
+            m.line().unwrap(),
+            "migrate /run/dst.sock min-parked=0 unacked=0"
+        );
         for bad in [
             "",
             "snapshot",
             "resume /x",
             "snapshot /x min-parked=-1",
             "snapshot /x fast=1",
+            "snapshot /x unacked=yes",
         ] {
             assert!(Request::parse(bad).is_err(), "{bad}");
         }
         let spaced = Request::Snapshot {
             dir: "/a b".into(),
-            min_parked: 0,
+            at: StopAt::default(),
         };
         assert!(spaced.line().is_err());
     }
@@ -284,12 +305,15 @@ mod tests {
         let t = Duration::from_secs(10);
         let snap = Request::Snapshot {
             dir: "/tmp/x".into(),
-            min_parked: 1,
+            at: StopAt {
+                min_parked: 1,
+                unacked: false,
+            },
         };
         assert_eq!(send(&path, &snap, t).unwrap(), "saved /tmp/x");
         let mig = Request::Migrate {
             to: "/tmp/d".into(),
-            min_parked: 0,
+            at: StopAt::default(),
         };
         let e = send(&path, &mig, t).unwrap_err();
         assert!(

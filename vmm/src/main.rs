@@ -382,14 +382,14 @@ fn run_move(command: cli::MoveCommand) -> Result<u8, Error> {
             &a,
             Request::Snapshot {
                 dir: a.to.clone(),
-                min_parked: a.when.min_parked,
+                at: a.when.stop_at(),
             },
         ),
         MoveCommand::Migrate(a) => ask(
             &a,
             Request::Migrate {
                 to: a.to.clone(),
-                min_parked: a.when.min_parked,
+                at: a.when.stop_at(),
             },
         ),
         #[cfg(target_arch = "aarch64")]

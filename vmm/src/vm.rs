@@ -30,7 +30,7 @@ use crate::pause::{PauseError, PauseGate};
 use crate::snapshot::{GicReg, VcpuState, VmState, APF_BLOCK_ENABLED};
 use crate::stats::{self, Stat, StatsError};
 use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
-use apf_vmm::control::{Pending, MAX_PARK_TRIES};
+use apf_vmm::control::{Pending, StopAt, MAX_PARK_TRIES};
 
 /// How long to keep kicking vCPU threads before giving up on joining them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -95,6 +95,9 @@ pub enum VmError {
         /// Cause.
         source: std::io::Error,
     },
+    /// A vCPU fd could not be duplicated.
+    #[error("duplicating a vCPU fd: {0}")]
+    DupFd(std::io::Error),
     /// The userfaultfd evictor could not be started.
     #[error(transparent)]
     Evict(#[from] EvictError),
@@ -243,6 +246,11 @@ pub struct RunReport {
 pub struct Vm {
     // Field order is drop order: vCPUs and devices before the VM and /dev/kvm.
     vcpus: Vec<VcpuFd>,
+    /// Duplicates of the vCPU fds, to read their APF block while their
+    /// threads hold the originals.
+    attr_fds: Vec<std::os::fd::OwnedFd>,
+    /// Guest RAM, to read the control blocks.
+    mem: GuestMem,
     stats: Vec<Result<File, StatsError>>,
     _serial_irq: EventFd,
     _gic: DeviceFd,
@@ -338,7 +346,7 @@ impl Vm {
                 if hide { " (APF hidden)" } else { "" }
             ),
         );
-        Vm::assemble(kvm, vm, vcpus, gic, serial_irq)
+        Vm::assemble(kvm, vm, vcpus, gic, serial_irq, mem)
     }
 
     /// The last steps of both ways to make a VM: the UART's irqfd, the
@@ -349,12 +357,26 @@ impl Vm {
         vcpus: Vec<VcpuFd>,
         gic: DeviceFd,
         serial_irq: EventFd,
+        mem: &GuestMem,
     ) -> Result<Vm, VmError> {
+        use std::os::fd::{AsRawFd, BorrowedFd};
         vm.register_irqfd(&serial_irq, SERIAL_SPI)
             .map_err(VmError::Irqfd)?;
         let stats = vcpus.iter().map(stats::open_stats_fd).collect();
+        let attr_fds = vcpus
+            .iter()
+            .map(|v| {
+                // SAFETY: a VcpuFd is an open file descriptor for as long
+                // as `v` lives, which covers this call.
+                let fd = unsafe { BorrowedFd::borrow_raw(v.as_raw_fd()) };
+                fd.try_clone_to_owned()
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(VmError::DupFd)?;
         Ok(Vm {
             vcpus,
+            attr_fds,
+            mem: mem.clone(),
             stats,
             _serial_irq: serial_irq,
             _gic: gic,
@@ -378,7 +400,7 @@ impl Vm {
         vcpu::set_boot_regs(boot, cfg.layout.kernel.base, cfg.layout.dtb.base)?;
 
         configure_apf(cfg, &vcpus)?;
-        Vm::assemble(kvm, vm, vcpus, gic, serial_irq)
+        Vm::assemble(kvm, vm, vcpus, gic, serial_irq, mem)
     }
 
     /// Runs the VM until the guest powers off, resets or fails, or the VMM
@@ -397,6 +419,8 @@ impl Vm {
 
         let Vm {
             vcpus,
+            attr_fds,
+            mem,
             stats,
             _serial_irq,
             _gic,
@@ -494,7 +518,11 @@ impl Vm {
                         gate: gate.clone(),
                         threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
                     };
-                    match stop_point(&pauser, &stats, pending.request.min_parked()) {
+                    let probe = BlockProbe {
+                        fds: &attr_fds,
+                        mem: &mem,
+                    };
+                    match stop_point(&pauser, &stats, &probe, pending.request.stop_at()) {
                         Ok(in_flight) => {
                             // The vCPUs are parked; `stop` below ends them
                             // where they are.
@@ -600,26 +628,56 @@ pub fn in_flight(stats: &[Result<File, StatsError>]) -> u64 {
         .sum()
 }
 
-/// Pauses the vCPUs outside KVM_RUN at a moment when at least `min` faults
-/// are in flight, resuming and trying again (every 2 ms, at most
-/// `MAX_PARK_TRIES` times) until then. Returns, with the vCPUs paused,
-/// the faults in flight.
+/// Reads the vCPUs' control blocks while they are out of KVM_RUN.
+struct BlockProbe<'a> {
+    fds: &'a [std::os::fd::OwnedFd],
+    mem: &'a GuestMem,
+}
+
+impl BlockProbe<'_> {
+    /// Control blocks holding a PAGE_READY the guest has not ACKed
+    /// (`reason` = 2).
+    fn unacked(&self) -> usize {
+        (0u8..)
+            .zip(self.fds)
+            .filter_map(|(i, fd)| apf::block_ipa(fd, i))
+            .filter_map(|ipa| {
+                use vm_memory::Bytes;
+                self.mem.read_obj::<u32>(vm_memory::GuestAddress(ipa)).ok()
+            })
+            .filter(|reason| u32::from_le(*reason) == 2)
+            .count()
+    }
+}
+
+/// Pauses the vCPUs outside KVM_RUN at a moment `at` asks for (faults in
+/// flight, an un-ACKed PAGE_READY), resuming and trying again (every 2 ms,
+/// at most `MAX_PARK_TRIES` times) until then. Returns, with the vCPUs
+/// paused, the faults in flight.
 fn stop_point(
     pauser: &VcpuPauser,
     stats: &[Result<File, StatsError>],
-    min: u32,
+    probe: &BlockProbe<'_>,
+    at: StopAt,
 ) -> Result<u64, String> {
     for _ in 0..MAX_PARK_TRIES {
         pauser.pause().map_err(|e| e.to_string())?;
         let n = in_flight(stats);
-        if n >= u64::from(min) {
+        if n >= u64::from(at.min_parked) && (!at.unacked || probe.unacked() > 0) {
             return Ok(n);
         }
         pauser.resume();
         thread::sleep(Duration::from_millis(2));
     }
     Err(format!(
-        "fewer than {min} asynchronous page faults in flight at each of {MAX_PARK_TRIES} pauses; the VM runs on"
+        "no moment with {} asynchronous page faults in flight{} at {MAX_PARK_TRIES} pauses; \
+         the VM runs on",
+        at.min_parked,
+        if at.unacked {
+            " and an un-ACKed PAGE_READY"
+        } else {
+            ""
+        }
     ))
 }
 

@@ -121,6 +121,14 @@ fn scratch(kind: &str, n: usize) -> std::path::PathBuf {
     std::env::temp_dir().join(format!("apf-e2e-{}-{kind}{n}", std::process::id()))
 }
 
+/// When move `k` stops the vCPUs.
+fn stop_at(m: &apf_vmm::e2e::args::Moves, k: usize) -> control::StopAt {
+    control::StopAt {
+        min_parked: m.min_parked,
+        unacked: m.unacked_at == Some(k),
+    }
+}
+
 /// Asks the VMM behind `sock` for move `k` in a thread; the answer comes
 /// back as `Ev::Answer(k, ..)`.
 fn ask(sock: std::path::PathBuf, req: control::Request, k: usize, tx: &mpsc::Sender<Ev>) {
@@ -210,7 +218,7 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                         say(&format!("e2e: move {k}: snapshot into {}", dir.display()));
                         let req = control::Request::Snapshot {
                             dir,
-                            min_parked: m.min_parked,
+                            at: stop_at(m, k),
                         };
                         ask(sock, req, k, &tx);
                     }
@@ -235,7 +243,7 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                         }
                         let req = control::Request::Migrate {
                             to: listen,
-                            min_parked: m.min_parked,
+                            at: stop_at(m, k),
                         };
                         ask(sock, req, k, &tx);
                     }
@@ -477,6 +485,7 @@ fn run(args: E2eArgs) -> u8 {
         checks.extend(check::move_checks(
             m.at.len(),
             m.min_parked,
+            m.unacked_at,
             &obs,
             &log.refusals,
         ));

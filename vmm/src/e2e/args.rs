@@ -56,6 +56,9 @@ pub struct Moves {
     pub latency_us: u64,
     /// Restore with `--prefetch`.
     pub prefetch: bool,
+    /// The move (0-based) that must stop with an un-ACKed PAGE_READY in a
+    /// control block (`--unacked-at`).
+    pub unacked_at: Option<usize>,
 }
 
 /// The parsed command line.
@@ -209,6 +212,7 @@ where
     let mut min_parked = None;
     let mut restore_latency = None;
     let mut prefetch = false;
+    let mut unacked_at = None;
     let mut command = None;
 
     while let Some(arg) = iter.next() {
@@ -243,6 +247,7 @@ where
             "--move-at" => "--move-at",
             "--min-parked" => "--min-parked",
             "--restore-latency-us" => "--restore-latency-us",
+            "--unacked-at" => "--unacked-at",
             _ => return Err(E2eArgsError::UnknownOption(text)),
         };
         let value = match inline {
@@ -310,6 +315,10 @@ where
                 let n = number(option, &value, 0, 1_000_000)?;
                 set_once(&mut restore_latency, option, n)?;
             }
+            "--unacked-at" => {
+                let n = number(option, &value, 0, 100)?;
+                set_once(&mut unacked_at, option, n as usize)?;
+            }
             "--console-has" | "--move-at" => match value.to_str().filter(|t| !t.is_empty()) {
                 Some(text) if option == "--move-at" => move_at.push(text.to_string()),
                 Some(text) => console_has.push(text.to_string()),
@@ -342,12 +351,14 @@ where
             min_parked: min_parked.unwrap_or(0),
             latency_us: restore_latency.unwrap_or(0),
             prefetch,
+            unacked_at,
         }),
         Some(_) => return Err(E2eArgsError::Moves("--move needs at least one --move-at")),
         None if !move_at.is_empty()
             || min_parked.is_some()
             || restore_latency.is_some()
-            || prefetch =>
+            || prefetch
+            || unacked_at.is_some() =>
         {
             return Err(E2eArgsError::Moves(
                 "--move-at, --min-parked and --restore-latency-us need --move",
@@ -416,6 +427,17 @@ mod tests {
             "vmm",
         ]);
         assert!(a.moves.unwrap().prefetch);
+        let a = run(&[
+            "--move",
+            "snapshot",
+            "--move-at",
+            "x",
+            "--unacked-at",
+            "1",
+            "--",
+            "vmm",
+        ]);
+        assert_eq!(a.moves.unwrap().unacked_at, Some(1));
         assert!(matches!(
             p(&["--restore-prefetch", "--", "vmm"]),
             Err(E2eArgsError::Moves(_))

@@ -248,12 +248,14 @@ pub fn evaluate(
 }
 
 /// The checks of a run that moved the VM: every move was made and
-/// reported, each with at least `min_parked` faults in flight, and every
+/// reported, each with at least `min_parked` faults in flight, move
+/// `unacked_at` with a PAGE_READY the guest had not ACKed, and every
 /// attempt to restore a snapshot with APF hidden (`refusals`: its exit
 /// status) was refused.
 pub fn move_checks(
     moves: usize,
     min_parked: u32,
+    unacked_at: Option<usize>,
     obs: &Observations,
     refusals: &[Option<i32>],
 ) -> Vec<Check> {
@@ -270,6 +272,14 @@ pub fn move_checks(
         !seen.is_empty() && in_flight.iter().all(|n| *n >= u64::from(min_parked)),
         format!("faults in flight at each stop {in_flight:?} (at least {min_parked}); unACKed PAGE_READY {unacked:?}"),
     ));
+    if let Some(k) = unacked_at {
+        let n = unacked.get(k).copied().unwrap_or(0);
+        checks.push(check(
+            "ack-after-save",
+            n >= 1,
+            format!("move {k} stopped with {n} un-ACKed PAGE_READY (the guest ACKs it after the restore)"),
+        ));
+    }
     // Every task parked when the VM stopped is woken by the wake-all of the
     // VM that takes over: the guest's count of tasks a wake-all woke must
     // reach the faults that were in flight at the stops.
@@ -585,25 +595,28 @@ mod tests {
             ])
         };
         let o = moved("workload: kvm_apf wake_all_woken 3");
-        assert!(names_failed(&move_checks(2, 1, &o, &[Some(2), Some(2)])).is_empty());
+        assert!(names_failed(&move_checks(2, 1, Some(1), &o, &[Some(2), Some(2)])).is_empty());
         // One parked task not woken.
         let o = moved("workload: kvm_apf wake_all_woken 2");
-        assert_eq!(names_failed(&move_checks(2, 1, &o, &[])), ["parked-woken"]);
+        assert_eq!(
+            names_failed(&move_checks(2, 1, None, &o, &[])),
+            ["parked-woken"]
+        );
         // A move missing, too few in flight, a restore hiding APF accepted.
         let o = moved("workload: kvm_apf wake_all_woken 3");
         assert_eq!(
-            names_failed(&move_checks(3, 2, &o, &[Some(2), Some(0)])),
-            ["moves", "in-flight", "refuse-hidden"]
+            names_failed(&move_checks(3, 2, Some(0), &o, &[Some(2), Some(0)])),
+            ["moves", "in-flight", "ack-after-save", "refuse-hidden"]
         );
         // No move reported at all.
         let o = obs(&["workload: kvm_apf wake_all_woken 0"]);
         assert_eq!(
-            names_failed(&move_checks(1, 0, &o, &[])),
+            names_failed(&move_checks(1, 0, None, &o, &[])),
             ["moves", "in-flight"]
         );
         // APF hidden: no /proc/kvm_apf, nothing in flight.
         let o =
             obs(&["snapshot: saved /s vcpus=2 in_flight=0 ready_unacked=0 block_reasons= pages=3"]);
-        assert!(names_failed(&move_checks(1, 0, &o, &[])).is_empty());
+        assert!(names_failed(&move_checks(1, 0, None, &o, &[])).is_empty());
     }
 }

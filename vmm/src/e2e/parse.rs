@@ -167,10 +167,12 @@ impl Observations {
                 None => self.host_unavailable.push(index),
             }
         }
-        if line.starts_with(MOVE_SAVED) || line.starts_with(MOVE_MIGRATED) {
+        // Anywhere in the line: the guest console may have left half a
+        // line before the VMM printed it.
+        if let Some(rest) = after(line, MOVE_SAVED).or_else(|| after(line, MOVE_MIGRATED)) {
             self.moves.push(MoveSeen {
-                in_flight: field(line, "in_flight").unwrap_or(0),
-                ready_unacked: field(line, "ready_unacked").unwrap_or(0),
+                in_flight: field(rest, "in_flight").unwrap_or(0),
+                ready_unacked: field(rest, "ready_unacked").unwrap_or(0),
             });
         }
         if line.starts_with("uffd: ") {
@@ -208,7 +210,7 @@ mod tests {
             "apf: vcpu0 apf_not_present=5 apf_ready=3",
             "snapshot: saved /tmp/s vcpus=2 in_flight=3 ready_unacked=1 block_reasons=vcpu0:2 pages=9",
             "apf: vcpu0 apf_not_present=2 apf_ready=4",
-            "snapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1",
+            "wosnapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1",
         ]);
         assert_eq!(
             o.host[&0],
