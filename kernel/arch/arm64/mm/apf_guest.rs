@@ -517,7 +517,9 @@ impl Apf {
         if token == WAKE_ALL {
             count(&self.stats.wake_all);
             let woken = self.table.wake_cpu(cpu);
-            self.stats.wake_all_woken.fetch_add(woken, Ordering::Relaxed);
+            self.stats
+                .wake_all_woken
+                .fetch_add(woken, Ordering::Relaxed);
             return woken > 0;
         }
         match self.table.ready(token, cpu) {
