@@ -216,36 +216,31 @@ mod kvm {
     /// vGIC: KVM queues the wake-all, and raises the PPI if the block
     /// holds an unconsumed PAGE_READY.
     pub fn restore_block(vcpu: &VcpuFd, index: u8, block: u64) -> Result<(), ApfError> {
-        let value: u64 = block;
-        let attr = kvm_device_attr {
+        set_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_BLOCK, &block).map_err(|source| ApfError::SetBlock {
+            vcpu: index,
+            block,
+            source,
+        })
+    }
+
+    /// KVM_SET_DEVICE_ATTR of `attr` in `KVM_ARM_VCPU_ASYNC_PF_CTRL` to
+    /// `value` (a u32 for IRQ, a u64 for BLOCK).
+    fn set_attr<T: Copy>(vcpu: &VcpuFd, attr: u64, value: &T) -> Result<(), kvm_ioctls::Error> {
+        let a = kvm_device_attr {
             flags: 0,
             group: KVM_ARM_VCPU_ASYNC_PF_CTRL,
-            attr: KVM_ARM_VCPU_ASYNC_PF_BLOCK,
-            // KVM reads a u64 from this address during the ioctl; `value`
-            // outlives the call.
-            addr: &value as *const u64 as u64,
+            attr,
+            // KVM reads the attribute's size from this address during the
+            // ioctl; `value` outlives the call.
+            addr: value as *const T as u64,
         };
-        vcpu.set_device_attr(&attr)
-            .map_err(|source| ApfError::SetBlock {
-                vcpu: index,
-                block,
-                source,
-            })
+        vcpu.set_device_attr(&a)
     }
 
     /// Sets the PAGE_READY PPI of one vCPU. Returns `Ok(false)` if the host
     /// kernel does not know the attribute (ENXIO: no APF support).
     pub fn set_irq(vcpu: &VcpuFd, index: u8, intid: u32) -> Result<bool, ApfError> {
-        let value: u32 = intid;
-        let attr = kvm_device_attr {
-            flags: 0,
-            group: KVM_ARM_VCPU_ASYNC_PF_CTRL,
-            attr: KVM_ARM_VCPU_ASYNC_PF_IRQ,
-            // KVM reads a u32 from this address during the ioctl; `value`
-            // outlives the call.
-            addr: &value as *const u32 as u64,
-        };
-        match vcpu.set_device_attr(&attr) {
+        match set_attr(vcpu, KVM_ARM_VCPU_ASYNC_PF_IRQ, &intid) {
             Ok(()) => Ok(true),
             Err(e) if e.errno() == libc::ENXIO => Ok(false),
             Err(source) => Err(ApfError::SetIrq {

@@ -151,21 +151,15 @@ where
     let mut sent = PageBits::new(pages);
     let mut sent_count = 0;
     let mut stats = SourceStats::default();
-    let mut buf = vec![0u8; page_size];
+    // One message buffer for every page: tag, index, then the page.
+    let mut msg = vec![0u8; 9 + page_size];
     let mut send_page = |i: usize, out: &mut UnixStream, stats: &mut SourceStats| {
-        read_page(i, &mut buf).map_err(|source| MigrateError::Page { index: i, source })?;
-        if buf.iter().all(|b| *b == 0) {
-            let mut m = vec![ZERO];
-            m.extend_from_slice(&(i as u64).to_le_bytes());
-            out.write_all(&m)?;
-            stats.zero += 1;
-        } else {
-            let mut m = Vec::with_capacity(9 + page_size);
-            m.push(PAGE);
-            m.extend_from_slice(&(i as u64).to_le_bytes());
-            m.extend_from_slice(&buf);
-            out.write_all(&m)?;
-        }
+        read_page(i, &mut msg[9..]).map_err(|source| MigrateError::Page { index: i, source })?;
+        msg[1..9].copy_from_slice(&(i as u64).to_le_bytes());
+        let zero = msg[9..].iter().all(|b| *b == 0);
+        msg[0] = if zero { ZERO } else { PAGE };
+        out.write_all(if zero { &msg[..9] } else { &msg })?;
+        stats.zero += u64::from(zero);
         Ok::<(), MigrateError>(())
     };
 

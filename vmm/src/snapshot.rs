@@ -21,6 +21,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use kvm_ioctls::reg_size;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -175,11 +176,6 @@ fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> S
         path: path.to_path_buf(),
         source,
     }
-}
-
-/// Size in bytes of a register, from its id (`KVM_REG_SIZE_MASK`).
-pub fn reg_size(id: u64) -> usize {
-    1usize << ((id >> 52) & 0xf)
 }
 
 impl VmState {

@@ -16,13 +16,13 @@ use kvm_bindings::{
     kvm_mp_state, kvm_run, kvm_vcpu_init, RegList, KVM_ARM_VCPU_POWER_OFF, KVM_ARM_VCPU_PSCI_0_2,
     KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
+use kvm_ioctls::{reg_size, VcpuExit, VcpuFd, VmFd};
 use thiserror::Error;
 
 use crate::bus::MmioBus;
 use crate::pause::PauseGate;
 use crate::regs;
-use crate::snapshot::{reg_size, Reg};
+use crate::snapshot::Reg;
 
 thread_local! {
     /// The `kvm_run` page of the vCPU this thread runs, while it runs one.
