@@ -72,8 +72,8 @@ pub struct Ask {
 /// When the running VM is stopped.
 #[derive(Debug, Args)]
 pub struct When {
-    /// Stop the vCPUs only at a moment when at least N asynchronous page
-    /// faults are in flight (pausing and resuming until then).
+    /// Stop the vCPUs only at a moment when at least N guest tasks are
+    /// parked on asynchronous page faults (see the README).
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub min_parked: u32,
     /// Also wait for a moment when a vCPU's control block holds a

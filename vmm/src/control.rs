@@ -6,11 +6,12 @@
 //!
 //! - `snapshot DIR [min-parked=N] [unacked=1]`: stop the vCPUs, save the
 //!   VM into DIR (see `snapshot`), and end. With `min-parked=N`, first wait
-//!   (pausing and resuming the vCPUs, at most [`MAX_PARK_TRIES`] times) for
-//!   a moment when the host has at least N asynchronous page faults
-//!   outstanding, so that the snapshot is taken mid-storm; with
+//!   for a moment when at least N guest tasks are parked on asynchronous
+//!   page faults, so that the snapshot is taken mid-storm; with
 //!   `unacked=1`, also for one when a control block holds a PAGE_READY the
-//!   guest has not ACKed yet.
+//!   guest has not ACKed yet. The VMM makes that moment by holding its
+//!   userfaultfd fetches, or waits for it by pausing and resuming the vCPUs
+//!   (at most [`MAX_PARK_TRIES`] times) when RAM is not behind one.
 //! - `migrate SOCKET [min-parked=N]`: stop the vCPUs likewise, send the state
 //!   to the `apf-vmm receive` listening on SOCKET, serve it guest RAM by
 //!   post-copy (see `migrate`), and end once every page has arrived.

@@ -134,12 +134,15 @@ const GICR_CTLR: u64 = 0x0000;
 /// The redistributor's SGI_base frame, 64 KiB after RD_base.
 const GICR_SGI: u64 = 0x1_0000;
 
+/// `ICC_PMR_EL1`, the CPU interface's priority mask.
+const ICC_PMR_EL1: (u64, u64, u64, u64, u64) = (3, 0, 4, 6, 0);
+
 /// The CPU interface registers (op0, op1, CRn, CRm, op2), in restore
 /// order: SRE and CTLR decide how the others read; the group enables last.
 const ICC_REGS: [(u64, u64, u64, u64, u64); 15] = [
     (3, 0, 12, 12, 5), // ICC_SRE_EL1
     (3, 0, 12, 12, 4), // ICC_CTLR_EL1
-    (3, 0, 4, 6, 0),   // ICC_PMR_EL1
+    ICC_PMR_EL1,
     (3, 0, 12, 8, 3),  // ICC_BPR0_EL1
     (3, 0, 12, 12, 3), // ICC_BPR1_EL1
     (3, 0, 12, 8, 4),  // ICC_AP0R0_EL1
@@ -267,6 +270,33 @@ pub fn save(gic: &DeviceFd, mpidrs: &[u64]) -> Result<Vec<GicReg>, GicError> {
         }
     }
     Ok(regs)
+}
+
+/// Masks every interrupt at the CPU interfaces of the vCPUs with these
+/// MPIDRs (priority mask 0), which must all be out of KVM_RUN. Returns
+/// their masks, for [`restore`]. The guest does not see the change, only
+/// that no interrupt comes meanwhile.
+pub fn mask_cpus(gic: &DeviceFd, mpidrs: &[u64]) -> Result<Vec<GicReg>, GicError> {
+    let (op0, op1, crn, crm, op2) = ICC_PMR_EL1;
+    let group = KVM_DEV_ARM_VGIC_GRP_CPU_SYSREGS;
+    let mut saved = Vec::with_capacity(mpidrs.len());
+    for &mpidr in mpidrs {
+        let attr = mpidr_attr(mpidr) | sys_reg_encoding(op0, op1, crn, crm, op2);
+        let value = get_attr(gic, group, attr, true).map_err(|source| GicError::Save {
+            group,
+            attr,
+            source,
+        })?;
+        saved.push(GicReg { group, attr, value });
+        let zero = 0u64;
+        // KVM reads the value at `addr` during the ioctl.
+        if let Err(e) = set_attr(gic, "mask", group, attr, &zero as *const u64 as u64) {
+            // Put back the ones already masked; the first error counts.
+            let _ = restore(gic, &saved);
+            return Err(e);
+        }
+    }
+    Ok(saved)
 }
 
 /// Writes a saved vGIC state back, in the saved order, into a vGIC made

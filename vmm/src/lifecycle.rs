@@ -259,7 +259,8 @@ mod kvm {
                 }
                 None => None,
             };
-            let report = vm.run(bus.clone(), tx, rx, evict)?;
+            let hold = backing.uffd.as_ref().map(|(_, h)| h.hold());
+            let report = vm.run(bus.clone(), tx, rx, evict, hold)?;
             drop(control);
             if let Some(f) = on_stop {
                 f();

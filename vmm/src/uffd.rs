@@ -9,16 +9,23 @@
 //! and `evict`), else from the source image (at the same offset as in guest
 //! RAM) or with zeros. It records every page it fills as populated.
 //!
+//! A [`FetchHold`] makes the handler keep back the faults of threads that
+//! are not the VMM's (KVM's asynchronous page fault workers) while it goes
+//! on serving the VMM's own (a vCPU in a synchronous fault), so that the
+//! control socket can stop the VM with faults reliably in flight.
+//!
 //! This uses the raw userfaultfd ABI through libc: the `userfaultfd` crate
 //! builds its bindings with bindgen and a C compiler for the target, which
 //! is not available for aarch64-unknown-linux-musl here. The ioctl numbers
 //! use the generic Linux encoding, identical on arm64 and x86_64.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -31,6 +38,8 @@ use crate::pagestore::{PageStore, Saved};
 const UFFD_API: u64 = 0xaa;
 /// `UFFDIO_REGISTER_MODE_MISSING`.
 const UFFDIO_REGISTER_MODE_MISSING: u64 = 1 << 0;
+/// `UFFD_FEATURE_THREAD_ID`: fault events name the faulting thread.
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
 /// `UFFD_EVENT_PAGEFAULT`.
 const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
 /// `_UFFDIO_COPY`: bit in `uffdio_register.ioctls`.
@@ -82,7 +91,8 @@ struct UffdioCopy {
 }
 
 /// `struct uffd_msg` (32 bytes). For a page fault, `arg[0]` is the fault
-/// flags and `arg[1]` the faulting address.
+/// flags, `arg[1]` the faulting address and the low half of `arg[2]` the
+/// faulting thread's id.
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct UffdMsg {
@@ -178,6 +188,8 @@ pub struct UffdStats {
     pub already_present: u64,
     /// Pages filled from the copy saved when they were evicted.
     pub restored: u64,
+    /// Faults a [`FetchHold`] kept waiting.
+    pub held: u64,
 }
 
 /// Host page size.
@@ -304,6 +316,7 @@ impl Userfault {
 
         let mut api = UffdioApi {
             api: UFFD_API,
+            features: UFFD_FEATURE_THREAD_ID,
             ..Default::default()
         };
         // SAFETY: `api` is a valid, writable uffdio_api for the duration of
@@ -363,14 +376,34 @@ impl Userfault {
     where
         F: FnOnce(&UffdError) + Send + 'static,
     {
+        self.spawn_with(latency, source, store, foreign_thread, on_fatal)
+    }
+
+    /// [`Userfault::spawn_handler`], with `foreign` telling which faulting
+    /// threads a [`FetchHold`] keeps waiting.
+    fn spawn_with<F>(
+        self,
+        latency: Duration,
+        source: PageSource,
+        store: Arc<Mutex<PageStore>>,
+        foreign: fn(u32) -> bool,
+        on_fatal: F,
+    ) -> Result<UffdHandler, UffdError>
+    where
+        F: FnOnce(&UffdError) + Send + 'static,
+    {
         let stop = EventFd::new(libc::EFD_NONBLOCK).map_err(UffdError::Spawn)?;
         let stop_thread = stop.try_clone().map_err(UffdError::Spawn)?;
+        let hold = FetchHold::new().map_err(UffdError::Spawn)?;
         let server = Server {
             uffd: self,
             latency,
             source,
             store,
             stats: UffdStats::default(),
+            hold: hold.clone(),
+            foreign,
+            held: VecDeque::new(),
         };
         let thread = thread::Builder::new()
             .name("uffd".into())
@@ -382,22 +415,112 @@ impl Userfault {
                 result
             })
             .map_err(UffdError::Spawn)?;
-        Ok(UffdHandler { stop, thread })
+        Ok(UffdHandler { stop, thread, hold })
     }
+}
+
+/// Whether thread `tid` is not one of this process's: then it is a kernel
+/// worker fetching a page for KVM's asynchronous page fault (or another
+/// process reading ours).
+fn foreign_thread(tid: u32) -> bool {
+    let Ok(tid) = libc::pid_t::try_from(tid) else {
+        return true;
+    };
+    // SAFETY: signal 0 only checks that `tid` is a thread of our group.
+    unsafe { libc::syscall(libc::SYS_tgkill, libc::getpid(), tid, 0) != 0 }
 }
 
 /// The running handler thread.
 pub struct UffdHandler {
     stop: EventFd,
     thread: JoinHandle<Result<UffdStats, UffdError>>,
+    hold: FetchHold,
 }
 
 impl UffdHandler {
-    /// Stops the thread and returns its counters.
+    /// Stops the thread and returns its counters. Held faults are served
+    /// first.
     pub fn stop(self) -> Result<UffdStats, UffdError> {
+        self.hold.set(|c| c.held = false);
         // If the write fails the thread has already ended; join tells why.
         let _ = self.stop.write(1);
         self.thread.join().map_err(|_| UffdError::Panicked)?
+    }
+
+    /// The handler's hold.
+    pub fn hold(&self) -> FetchHold {
+        self.hold.clone()
+    }
+}
+
+/// What a [`FetchHold`] asks of the handler.
+#[derive(Debug, Default)]
+struct HoldCtl {
+    /// Keep foreign faults waiting.
+    held: bool,
+    /// Held faults to serve nonetheless, oldest first.
+    release: usize,
+}
+
+/// Keeps the faults of foreign threads (KVM's asynchronous fetches)
+/// waiting in the handler while it is held; the VMM's own threads are
+/// served all along, so a vCPU in a synchronous fault never stays stuck.
+#[derive(Clone, Debug)]
+pub struct FetchHold(Arc<HoldShared>);
+
+#[derive(Debug)]
+struct HoldShared {
+    ctl: Mutex<HoldCtl>,
+    /// Wakes the handler when `ctl` changes.
+    wake: EventFd,
+    /// Faults held now.
+    waiting: AtomicUsize,
+}
+
+impl FetchHold {
+    fn new() -> io::Result<FetchHold> {
+        Ok(FetchHold(Arc::new(HoldShared {
+            ctl: Mutex::new(HoldCtl::default()),
+            wake: EventFd::new(libc::EFD_NONBLOCK)?,
+            waiting: AtomicUsize::new(0),
+        })))
+    }
+
+    fn ctl(&self) -> MutexGuard<'_, HoldCtl> {
+        self.0.ctl.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set(&self, f: impl FnOnce(&mut HoldCtl)) {
+        f(&mut self.ctl());
+        // Only fails if the counter would overflow; the handler then has a
+        // wake-up pending anyway.
+        let _ = self.0.wake.write(1);
+    }
+
+    /// Faults held now.
+    pub fn waiting(&self) -> usize {
+        self.0.waiting.load(Ordering::Relaxed)
+    }
+
+    /// Holds foreign faults until the guard is dropped, which serves them.
+    pub fn hold(&self) -> HoldGuard<'_> {
+        self.set(|c| c.held = true);
+        HoldGuard(self)
+    }
+
+    /// Serves the oldest held fault (or the next one to come).
+    pub fn release_one(&self) {
+        self.set(|c| c.release += 1);
+    }
+}
+
+/// See [`FetchHold::hold`].
+#[must_use = "the hold ends when the guard is dropped"]
+pub struct HoldGuard<'a>(&'a FetchHold);
+
+impl Drop for HoldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.set(|c| *c = HoldCtl::default());
     }
 }
 
@@ -407,6 +530,11 @@ struct Server {
     source: PageSource,
     store: Arc<Mutex<PageStore>>,
     stats: UffdStats,
+    hold: FetchHold,
+    /// Which faulting threads the hold applies to.
+    foreign: fn(u32) -> bool,
+    /// Addresses of held faults, oldest first.
+    held: VecDeque<u64>,
 }
 
 impl Server {
@@ -426,9 +554,14 @@ impl Server {
                     events: libc::POLLIN,
                     revents: 0,
                 },
+                libc::pollfd {
+                    fd: self.hold.0.wake.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
             ];
-            // SAFETY: `fds` is a valid array of two pollfd for the call.
-            let ret = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            // SAFETY: `fds` is a valid array of three pollfd for the call.
+            let ret = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
             if ret < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -437,7 +570,13 @@ impl Server {
                 return Err(UffdError::Read(err));
             }
             if fds[1].revents != 0 {
+                self.serve_held(&mut page)?;
                 return Ok(self.stats);
+            }
+            if fds[2].revents != 0 {
+                // The count is of no interest, only that the hold changed.
+                let _ = self.hold.0.wake.read();
+                self.serve_held(&mut page)?;
             }
             if fds[0].revents & (libc::POLLERR | libc::POLLHUP) != 0 {
                 return Err(UffdError::Read(io::ErrorKind::BrokenPipe.into()));
@@ -464,12 +603,45 @@ impl Server {
             }
             let count = n as usize / size_of::<UffdMsg>();
             for msg in &msgs[..count] {
-                if msg.event == UFFD_EVENT_PAGEFAULT {
-                    self.stats.faults += 1;
+                if msg.event != UFFD_EVENT_PAGEFAULT {
+                    continue;
+                }
+                self.stats.faults += 1;
+                let tid = msg.arg[2] as u32;
+                if self.hold.ctl().held && (self.foreign)(tid) {
+                    self.held.push_back(msg.arg[1]);
+                    self.hold
+                        .0
+                        .waiting
+                        .store(self.held.len(), Ordering::Relaxed);
+                } else {
                     self.serve(msg.arg[1], &mut page)?;
                 }
             }
+            self.serve_held(&mut page)?;
         }
+    }
+
+    /// Serves the held faults that the hold lets go.
+    fn serve_held(&mut self, page: &mut [u8]) -> Result<(), UffdError> {
+        while !self.held.is_empty() {
+            {
+                let mut ctl = self.hold.ctl();
+                if ctl.held && ctl.release == 0 {
+                    break;
+                }
+                ctl.release = ctl.release.saturating_sub(1);
+            }
+            if let Some(addr) = self.held.pop_front() {
+                self.hold
+                    .0
+                    .waiting
+                    .store(self.held.len(), Ordering::Relaxed);
+                self.stats.held += 1;
+                self.serve(addr, page)?;
+            }
+        }
+        Ok(())
     }
 
     fn serve(&mut self, addr: u64, page: &mut [u8]) -> Result<(), UffdError> {
@@ -651,6 +823,86 @@ mod tests {
         assert_eq!(stats.from_source, 2);
         assert_eq!(stats.faults, 3);
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn own_threads_are_ours() {
+        // SAFETY: gettid has no requirements.
+        let me = unsafe { libc::gettid() } as u32;
+        assert!(!foreign_thread(me));
+        assert!(foreign_thread(1) || std::process::id() == 1);
+    }
+
+    #[test]
+    fn hold_keeps_foreign_faults_until_released() {
+        let ps = host_page_size() as usize;
+        let mem = Arc::new(Anon::new(ps * 4));
+        let uffd = Userfault::register(mem.ptr, (ps * 4) as u64).expect("userfaultfd");
+        // Every faulting thread counts as foreign here.
+        let handler = uffd
+            .spawn_with(
+                Duration::ZERO,
+                PageSource::File(None),
+                store_for(&mem),
+                |_| true,
+                |_| {},
+            )
+            .unwrap();
+        let hold = handler.hold();
+        let touch = |page: usize| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let mem = mem.clone();
+            thread::spawn(move || tx.send(mem.read_byte(page * ps)).unwrap());
+            rx
+        };
+        {
+            let _held = hold.hold();
+            let first = touch(0);
+            let second = touch(1);
+            let wait = Duration::from_millis(300);
+            assert!(first.recv_timeout(wait).is_err(), "served while held");
+            assert!(second.recv_timeout(wait).is_err(), "served while held");
+            hold.release_one();
+            // Either fault may have reached the handler first.
+            let got = loop {
+                if let Ok(b) = first.try_recv() {
+                    break (b, second);
+                }
+                if let Ok(b) = second.try_recv() {
+                    break (b, first);
+                }
+                thread::yield_now();
+            };
+            assert_eq!(got.0, 0);
+            assert!(got.1.recv_timeout(wait).is_err(), "released two");
+            // Dropping the guard lets the other one go.
+            drop(_held);
+            assert_eq!(got.1.recv().unwrap(), 0);
+        }
+        let stats = handler.stop().unwrap();
+        assert_eq!(stats.held, 2);
+        assert_eq!(stats.pages_copied, 2);
+    }
+
+    #[test]
+    fn hold_serves_own_threads() {
+        let ps = host_page_size() as usize;
+        let mem = Anon::new(ps * 2);
+        let uffd = Userfault::register(mem.ptr, (ps * 2) as u64).expect("userfaultfd");
+        let handler = uffd
+            .spawn_handler(
+                Duration::ZERO,
+                PageSource::File(None),
+                store_for(&mem),
+                |_| {},
+            )
+            .unwrap();
+        let hold = handler.hold();
+        let held = hold.hold();
+        assert_eq!(mem.read_byte(ps), 0);
+        drop(held);
+        let stats = handler.stop().unwrap();
+        assert_eq!((stats.held, stats.pages_copied), (0, 1));
     }
 
     #[test]

@@ -140,6 +140,18 @@ pub struct SavedRegs {
     pub regs: Vec<Reg>,
 }
 
+/// The vCPU's `MPIDR_EL1`, which names it to the vGIC.
+pub fn mpidr(vcpu: &VcpuFd, index: u8) -> Result<u64, VcpuError> {
+    let mut buf = [0u8; 8];
+    vcpu.get_one_reg(regs::MPIDR_EL1, &mut buf)
+        .map_err(|source| VcpuError::SaveReg {
+            index,
+            id: regs::MPIDR_EL1,
+            source,
+        })?;
+    Ok(u64::from_le_bytes(buf))
+}
+
 /// Reads every register of a vCPU that is out of KVM_RUN.
 pub fn save(vcpu: &VcpuFd, index: u8) -> Result<SavedRegs, VcpuError> {
     let fail = |what: &'static str| {
@@ -170,16 +182,7 @@ pub fn save(vcpu: &VcpuFd, index: u8) -> Result<SavedRegs, VcpuError> {
     }
     let mpidr = match mpidr {
         Some(m) => m,
-        None => {
-            let mut buf = [0u8; 8];
-            vcpu.get_one_reg(regs::MPIDR_EL1, &mut buf)
-                .map_err(|source| VcpuError::SaveReg {
-                    index,
-                    id: regs::MPIDR_EL1,
-                    source,
-                })?;
-            u64::from_le_bytes(buf)
-        }
+        None => self::mpidr(vcpu, index)?,
     };
     let mp_state = vcpu
         .get_mp_state()

@@ -29,6 +29,7 @@ use crate::pagestore::PageStore;
 use crate::pause::{PauseError, PauseGate};
 use crate::snapshot::{GicReg, VcpuState, VmState, APF_BLOCK_ENABLED};
 use crate::stats::{self, Stat, StatsError};
+use crate::uffd::FetchHold;
 use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
 use apf_vmm::control::{Pending, StopAt, MAX_PARK_TRIES};
 
@@ -405,13 +406,15 @@ impl Vm {
 
     /// Runs the VM until the guest powers off, resets or fails, or the VMM
     /// is told to stop, then stops every vCPU and reads their statistics.
-    /// With `evict`, the userfaultfd evictor runs meanwhile.
+    /// With `evict`, the userfaultfd evictor runs meanwhile; `hold` is the
+    /// userfaultfd handler's, for stopping mid-storm.
     pub fn run(
         self,
         bus: Arc<MmioBus<Console>>,
         events: Sender<VmEvent>,
         rx: Receiver<VmEvent>,
         evict: Option<EvictSetup>,
+        hold: Option<FetchHold>,
     ) -> Result<RunReport, VmError> {
         register_signal_handler(kick_signal(), on_kick).map_err(VmError::Signal)?;
         register_signal_handler(libc::SIGINT, on_terminate).map_err(VmError::Signal)?;
@@ -423,10 +426,14 @@ impl Vm {
             mem,
             stats,
             _serial_irq,
-            _gic,
+            _gic: gic,
             _fd,
             _kvm,
         } = self;
+        let mpidrs = (0u8..)
+            .zip(&vcpus)
+            .map(|(index, fd)| vcpu::mpidr(fd, index))
+            .collect::<Result<Vec<u64>, VcpuError>>()?;
 
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(PauseGate::new(vcpus.len()));
@@ -514,15 +521,19 @@ impl Vm {
                     if let Some(ev) = evictor.take() {
                         evicted = Some(ev.stop());
                     }
-                    let pauser = VcpuPauser {
-                        gate: gate.clone(),
-                        threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
-                    };
-                    let probe = BlockProbe {
+                    let stopper = Stopper {
+                        pauser: VcpuPauser {
+                            gate: gate.clone(),
+                            threads: threads.iter().map(|t| t.as_pthread_t()).collect(),
+                        },
+                        stats: &stats,
                         fds: &attr_fds,
                         mem: &mem,
+                        gic: &gic,
+                        mpidrs: &mpidrs,
+                        hold: hold.as_ref(),
                     };
-                    match stop_point(&pauser, &stats, &probe, pending.request.stop_at()) {
+                    match stopper.stop(pending.request.stop_at()) {
                         Ok(in_flight) => {
                             // The vCPUs are parked; `stop` below ends them
                             // where they are.
@@ -564,7 +575,7 @@ impl Vm {
             }
         }
         let end = match end {
-            RunEnd::Captured(mut c) if fds.len() == stats.len() => match capture(&fds, &_gic) {
+            RunEnd::Captured(mut c) if fds.len() == stats.len() => match capture(&fds, &gic) {
                 Ok((vcpus, gic)) => {
                     c.vcpus = vcpus;
                     c.gic = gic;
@@ -628,57 +639,158 @@ pub fn in_flight(stats: &[Result<File, StatsError>]) -> u64 {
         .sum()
 }
 
-/// Reads the vCPUs' control blocks while they are out of KVM_RUN.
-struct BlockProbe<'a> {
+/// How long a stop request waits for the moment it asks for, when the
+/// VMM holds the fetches (see [`Stopper::stop`]).
+const STOP_WAIT: Duration = Duration::from_secs(30);
+
+/// What it takes to stop the vCPUs at a chosen moment.
+struct Stopper<'a> {
+    pauser: VcpuPauser,
+    stats: &'a [Result<File, StatsError>],
+    /// Duplicates of the vCPU fds, to find their control blocks.
     fds: &'a [std::os::fd::OwnedFd],
     mem: &'a GuestMem,
+    gic: &'a DeviceFd,
+    mpidrs: &'a [u64],
+    /// The userfaultfd handler's hold, if RAM is behind one.
+    hold: Option<&'a FetchHold>,
 }
 
-impl BlockProbe<'_> {
-    /// Control blocks holding a PAGE_READY the guest has not ACKed
-    /// (`reason` = 2).
-    fn unacked(&self) -> usize {
+impl Stopper<'_> {
+    /// The guest addresses of the vCPUs' control blocks. Only while the
+    /// vCPUs are out of KVM_RUN: a vCPU ioctl waits for KVM_RUN to return.
+    fn blocks(&self) -> Vec<u64> {
         (0u8..)
             .zip(self.fds)
             .filter_map(|(i, fd)| apf::block_ipa(fd, i))
-            .filter_map(|ipa| {
-                use vm_memory::Bytes;
-                self.mem.read_obj::<u32>(vm_memory::GuestAddress(ipa)).ok()
-            })
+            .collect()
+    }
+
+    /// Of `blocks`, those holding a PAGE_READY the guest has not ACKed
+    /// (`reason` = 2); racy while the vCPUs run, exact while they are out
+    /// of KVM_RUN.
+    fn unacked(&self, blocks: &[u64]) -> usize {
+        use vm_memory::Bytes;
+        blocks
+            .iter()
+            .filter_map(|&ipa| self.mem.read_obj::<u32>(vm_memory::GuestAddress(ipa)).ok())
             .filter(|reason| u32::from_le(*reason) == 2)
             .count()
     }
-}
 
-/// Pauses the vCPUs outside KVM_RUN at a moment `at` asks for (faults in
-/// flight, an un-ACKed PAGE_READY), resuming and trying again (every 2 ms,
-/// at most `MAX_PARK_TRIES` times) until then. Returns, with the vCPUs
-/// paused, the faults in flight.
-fn stop_point(
-    pauser: &VcpuPauser,
-    stats: &[Result<File, StatsError>],
-    probe: &BlockProbe<'_>,
-    at: StopAt,
-) -> Result<u64, String> {
-    for _ in 0..MAX_PARK_TRIES {
-        pauser.pause().map_err(|e| e.to_string())?;
-        let n = in_flight(stats);
-        if n >= u64::from(at.min_parked) && (!at.unacked || probe.unacked() > 0) {
-            return Ok(n);
-        }
-        pauser.resume();
-        thread::sleep(Duration::from_millis(2));
+    fn pause(&self) -> Result<(), String> {
+        self.pauser.pause().map_err(|e| e.to_string())
     }
-    Err(format!(
-        "no moment with {} asynchronous page faults in flight{} at {MAX_PARK_TRIES} pauses; \
-         the VM runs on",
-        at.min_parked,
-        if at.unacked {
-            " and an un-ACKed PAGE_READY"
-        } else {
-            ""
+
+    /// Polls `cond` every millisecond until it holds (true) or `deadline`
+    /// passes (false).
+    fn wait_for(&self, deadline: Instant, mut cond: impl FnMut() -> bool) -> bool {
+        while !cond() {
+            if Instant::now() > deadline {
+                return false;
+            }
+            thread::sleep(Duration::from_millis(1));
         }
-    ))
+        true
+    }
+
+    /// Pauses the vCPUs outside KVM_RUN at a moment `at` asks for (tasks
+    /// parked, an un-ACKed PAGE_READY) and returns, with the vCPUs paused,
+    /// the faults in flight on the host. On error the vCPUs run on.
+    ///
+    /// With RAM behind userfaultfd the moment is made rather than waited
+    /// for. The handler holds KVM's asynchronous fetches, so the faults in
+    /// flight only grow until there are enough, and stay so while the
+    /// vCPUs stop. For `unacked`, one held fetch is let go while the vCPUs
+    /// run with every interrupt masked at their vGIC CPU interface: KVM
+    /// writes its PAGE_READY into the control block and raises the line,
+    /// but the guest cannot take it yet, so the block still holds it when
+    /// the vCPUs stop; their masks are then put back, and the saved state
+    /// is the guest's own. A task whose PAGE_READY the guest has not
+    /// consumed is still parked, so it counts towards `min_parked`. A
+    /// fetch may still end under the hold, when a synchronous fault brings
+    /// in the same page; then the vCPUs run on and it tries again, for at
+    /// most [`STOP_WAIT`]. Held fetches are served on return.
+    fn stop(&self, at: StopAt) -> Result<u64, String> {
+        let Some(hold) = self.hold else {
+            return self.stop_by_chance(at);
+        };
+        let _held = hold.hold();
+        let deadline = Instant::now() + STOP_WAIT;
+        let want = u64::from(at.min_parked.max(u32::from(at.unacked)));
+        let (mut in_flight_now, mut unacked_now) = (0, 0);
+        while Instant::now() <= deadline {
+            if !self.wait_for(deadline, || in_flight(self.stats) >= want) {
+                break;
+            }
+            self.pause()?;
+            let blocks = self.blocks();
+            if at.unacked {
+                let masks = match gic::mask_cpus(self.gic, self.mpidrs) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.pauser.resume();
+                        return Err(e.to_string());
+                    }
+                };
+                hold.release_one();
+                self.pauser.resume();
+                self.wait_for(deadline, || self.unacked(&blocks) > 0);
+                // The masks can only be put back with every vCPU out of
+                // KVM_RUN; a vCPU in a synchronous fault is being served.
+                while let Err(e) = self.pause() {
+                    eprintln!("apf-vmm: warning: pausing to unmask interrupts: {e}; retrying");
+                }
+                if let Err(e) = gic::restore(self.gic, &masks) {
+                    self.pauser.resume();
+                    return Err(format!("putting interrupt masks back: {e}"));
+                }
+            }
+            in_flight_now = in_flight(self.stats);
+            unacked_now = self.unacked(&blocks) as u64;
+            if in_flight_now + unacked_now >= u64::from(at.min_parked)
+                && (!at.unacked || unacked_now > 0)
+            {
+                return Ok(in_flight_now);
+            }
+            self.pauser.resume();
+        }
+        Err(format!(
+            "no stop with {} tasks parked{} within {STOP_WAIT:?} (last: {in_flight_now} faults \
+             in flight, {unacked_now} un-ACKed PAGE_READY, {} fetches held); the VM runs on",
+            at.min_parked,
+            if at.unacked {
+                " and an un-ACKed PAGE_READY"
+            } else {
+                ""
+            },
+            hold.waiting()
+        ))
+    }
+
+    /// [`Stopper::stop`] without a hold: pauses the vCPUs every 2 ms, at
+    /// most [`MAX_PARK_TRIES`] times, until the moment happens by itself.
+    fn stop_by_chance(&self, at: StopAt) -> Result<u64, String> {
+        for _ in 0..MAX_PARK_TRIES {
+            self.pause()?;
+            let n = in_flight(self.stats);
+            if n >= u64::from(at.min_parked) && (!at.unacked || self.unacked(&self.blocks()) > 0) {
+                return Ok(n);
+            }
+            self.pauser.resume();
+            thread::sleep(Duration::from_millis(2));
+        }
+        Err(format!(
+            "no moment with {} asynchronous page faults in flight{} at {MAX_PARK_TRIES} pauses; \
+             the VM runs on",
+            at.min_parked,
+            if at.unacked {
+                " and an un-ACKed PAGE_READY"
+            } else {
+                ""
+            }
+        ))
+    }
 }
 
 /// Reads every vCPU's registers and APF attributes, and the vGIC.
