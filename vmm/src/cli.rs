@@ -120,8 +120,8 @@ pub struct Target {
 
 impl When {
     /// As the control socket says it.
-    pub fn stop_at(&self) -> apf_vmm::control::StopAt {
-        apf_vmm::control::StopAt {
+    pub fn stop_at(&self) -> crate::control::StopAt {
+        crate::control::StopAt {
             min_parked: self.min_parked,
             unacked: self.unacked,
         }

@@ -113,6 +113,8 @@ mod kvm {
 
     use crate::bus::MmioBus;
     use crate::cli::Target;
+    use crate::control::{ControlServer, Request};
+    use crate::error::Error;
     use crate::evict::EvictStats;
     use crate::layout::Region;
     use crate::memory::{self, GuestMem};
@@ -123,8 +125,6 @@ mod kvm {
     use crate::stats;
     use crate::uffd::{self, Filler, PageSource, UffdError, UffdHandler, Userfault};
     use crate::vm::{Capture, EvictSetup, RestoreConfig, RunEnd, Vm, VmEvent};
-    use crate::Error;
-    use apf_vmm::control::{ControlServer, Request};
 
     /// Guest RAM and what serves it.
     pub struct Backing {
@@ -321,7 +321,7 @@ mod kvm {
             }
             if let Some(path) = &cgroup {
                 // Read while the cgroup still holds guest RAM.
-                match apf_vmm::memcg::MemcgReport::read(path) {
+                match crate::memcg::MemcgReport::read(path) {
                     Ok(r) if !quiet => println!("{}", r.line()),
                     Ok(_) => {}
                     Err(e) => eprintln!("apf-vmm: warning: cgroup report: {e}"),
@@ -342,22 +342,25 @@ mod kvm {
             }
 
             let (code, msg) = match (end, failure, moved) {
-                (_, Some(why), _) => (crate::EXIT_FAILURE, why),
+                (_, Some(why), _) => (crate::error::EXIT_FAILURE, why),
                 (_, None, Some(msg)) => (0, msg),
                 (RunEnd::Shutdown, ..) => (0, "guest powered off".to_string()),
                 (RunEnd::Reset, ..) => (0, "guest requested a reset; VM stopped".to_string()),
                 (RunEnd::Crash(i), ..) => (
-                    crate::EXIT_FAILURE,
+                    crate::error::EXIT_FAILURE,
                     format!("guest reported a crash on vcpu{i}"),
                 ),
                 (RunEnd::VcpuFailed(i, why), ..) => {
-                    (crate::EXIT_FAILURE, format!("vcpu{i}: {why}"))
+                    (crate::error::EXIT_FAILURE, format!("vcpu{i}: {why}"))
                 }
-                (RunEnd::Fatal(why), ..) => (crate::EXIT_FAILURE, why),
-                (RunEnd::Terminated, ..) => {
-                    (crate::EXIT_FAILURE, "terminated by signal".to_string())
+                (RunEnd::Fatal(why), ..) => (crate::error::EXIT_FAILURE, why),
+                (RunEnd::Terminated, ..) => (
+                    crate::error::EXIT_FAILURE,
+                    "terminated by signal".to_string(),
+                ),
+                (RunEnd::Captured(_), ..) => {
+                    (crate::error::EXIT_FAILURE, "capture lost".to_string())
                 }
-                (RunEnd::Captured(_), ..) => (crate::EXIT_FAILURE, "capture lost".to_string()),
             };
             if code != 0 {
                 eprintln!("apf-vmm: error: {msg}");

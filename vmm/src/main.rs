@@ -12,115 +12,21 @@
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 // On other architectures the VM path is compiled out, which leaves parts of
-// the shared code without a caller there; the aarch64 build has them all.
+// the code without a caller there; the aarch64 build has them all.
 #![cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
-
-mod acpi;
-mod apf;
-mod args;
-mod bus;
-mod cgroup;
-mod cli;
-mod efi;
-mod evict;
-mod fdt;
-mod image;
-mod layout;
-mod lifecycle;
-mod memory;
-mod migrate;
-mod pagestore;
-mod pause;
-mod regs;
-mod serial;
-mod snapshot;
-mod stats;
-#[cfg(test)]
-mod testutil;
-mod uffd;
-
-#[cfg(target_arch = "aarch64")]
-mod gic;
-#[cfg(target_arch = "aarch64")]
-mod vcpu;
-#[cfg(target_arch = "aarch64")]
-mod vm;
 
 use std::fs::File;
 use std::process::ExitCode;
 
-use thiserror::Error;
+use apf_vmm::error::{Error, EXIT_USAGE};
+use apf_vmm::{acpi, args, cgroup, cli, control, efi, fdt, image, layout, lifecycle, memory};
+#[cfg(target_arch = "aarch64")]
+use apf_vmm::{bus, evict, serial, uffd, vm};
 
-use apf_vmm::control;
-
-use acpi::AcpiError;
-use args::{ArgsError, BootMode, Command};
-use cgroup::CgroupError;
-use efi::EfiError;
-use fdt::FdtError;
-use image::{ImageError, KernelInfo};
-use layout::{Layout, LayoutError, MIB};
-use memory::{Blob, MemoryError};
-use pagestore::PageStoreError;
-use uffd::UffdError;
-
-/// Exit status for bad arguments or unusable input files.
-const EXIT_USAGE: u8 = 2;
-/// Exit status for failures while setting up or running the VM.
-const EXIT_FAILURE: u8 = 1;
-
-/// Top-level errors.
-#[derive(Debug, Error)]
-enum Error {
-    #[error(transparent)]
-    Args(#[from] ArgsError),
-    #[error(transparent)]
-    Image(#[from] ImageError),
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error(transparent)]
-    Fdt(#[from] FdtError),
-    #[error(transparent)]
-    Acpi(#[from] AcpiError),
-    #[error(transparent)]
-    Efi(#[from] EfiError),
-    #[error(transparent)]
-    Memory(#[from] MemoryError),
-    #[error(transparent)]
-    Uffd(#[from] UffdError),
-    #[error(transparent)]
-    PageStore(#[from] PageStoreError),
-    #[error(transparent)]
-    Cgroup(#[from] CgroupError),
-    #[error(transparent)]
-    Lifecycle(#[from] lifecycle::LifecycleError),
-    #[error(transparent)]
-    Control(#[from] control::ControlError),
-    #[error("creating the UART interrupt eventfd: {0}")]
-    EventFd(std::io::Error),
-    #[cfg(target_arch = "aarch64")]
-    #[error(transparent)]
-    Vm(#[from] vm::VmError),
-    #[cfg(not(target_arch = "aarch64"))]
-    #[error(
-        "apf-vmm runs guests only on an arm64 KVM host; this build is for {0} \
-         (the arguments and input files were checked)"
-    )]
-    UnsupportedArch(&'static str),
-}
-
-impl Error {
-    fn exit_code(&self) -> u8 {
-        match self {
-            Error::Args(_) | Error::Image(_) | Error::Layout(_) => EXIT_USAGE,
-            // A snapshot that cannot be restored, or may not be.
-            Error::Lifecycle(
-                lifecycle::LifecycleError::Snapshot(_) | lifecycle::LifecycleError::ApfLoss { .. },
-            ) => EXIT_USAGE,
-            _ => EXIT_FAILURE,
-        }
-    }
-}
+use args::{BootMode, Command};
+use image::KernelInfo;
+use layout::{Layout, MIB};
+use memory::Blob;
 
 /// Everything derived from the command line before any resource is taken.
 struct Prepared {
@@ -465,7 +371,7 @@ mod tests {
     use vm_memory::{Bytes, GuestAddress};
 
     use super::*;
-    use crate::testutil::{u32_at, u64_at};
+    use apf_vmm::testutil::{u32_at, u64_at};
 
     /// A minimal arm64 Image (valid header, `image_size` as given) in a
     /// temporary file, removed on drop.

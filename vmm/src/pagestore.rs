@@ -78,6 +78,11 @@ impl PageBits {
         self.len
     }
 
+    /// Whether there are no bits at all.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     /// Bit `i`; false out of range.
     pub fn get(&self, i: usize) -> bool {
         i < self.len && self.words[i / 64] & (1 << (i % 64)) != 0

@@ -21,6 +21,7 @@ use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
 use crate::apf::{self, ApfError, HostApf};
 use crate::args::ApfMode;
 use crate::bus::MmioBus;
+use crate::control::{Pending, StopAt, MAX_PARK_TRIES};
 use crate::evict::{self, EvictChannel, EvictError, EvictStats, VcpuPause};
 use crate::gic::{self, GicError};
 use crate::layout::{Layout, SERIAL_SPI};
@@ -31,7 +32,6 @@ use crate::snapshot::{GicReg, VcpuState, VmState, APF_BLOCK_ENABLED};
 use crate::stats::{self, Stat, StatsError};
 use crate::uffd::FetchHold;
 use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
-use apf_vmm::control::{Pending, StopAt, MAX_PARK_TRIES};
 
 /// How long to keep kicking vCPU threads before giving up on joining them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
