@@ -20,15 +20,11 @@ done
 
 cp "$KOUT/arch/arm64/boot/Image" "$extra/guest/Image"
 stage=$B/guest-initramfs.d
-rm -rf "$stage"; mkdir -p "$stage"/{bin,etc,proc,sys,dev,tmp}
-aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -o "$stage/init" \
-	"$TOP/userspace/init/init.c" || die "cannot build userspace/init/init.c"
+stage_initramfs "$stage" "$@"
 for prog in apf-workload apf-bench; do
 	aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -pthread -o "$stage/bin/$prog" \
 		"$TOP/userspace/workload/$prog.c" || die "cannot build userspace/workload/$prog.c"
 	aarch64-linux-gnu-strip "$stage/bin/$prog"
 done
 echo guest >"$stage/etc/marker"
-: >"$stage/etc/tests.list"
-[ $# -eq 0 ] || grep -hv '^\s*#' "$@" | sed '/^\s*$/d' >"$stage/etc/tests.list"
-(cd "$stage" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$extra/guest/initrd.cpio"
+pack_cpio "$stage" "$extra/guest/initrd.cpio"

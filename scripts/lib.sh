@@ -51,3 +51,43 @@ hash_inputs() {
 	(cd "$TOP" && find "$@" -type f -print0 2>/dev/null | sort -z |
 		xargs -0 sha256sum) | sha256sum | cut -d' ' -f1
 }
+
+# Print the test lists given, without comments and blank lines. A line
+# "include LIST NAME..." stands for the cases of tests/LIST with those
+# names, so that a list can reuse cases instead of repeating them.
+expand_lists() {
+	local f line name
+	local -a words
+	for f in "$@"; do
+		while IFS= read -r line; do
+			[[ $line =~ ^[[:space:]]*(#|$) ]] && continue
+			read -ra words <<<"$line"
+			if [ "${words[0]}" != include ]; then
+				printf '%s\n' "$line"
+				continue
+			fi
+			for name in "${words[@]:2}"; do
+				grep -E "^$name " "$TOP/tests/${words[1]}" ||
+					die "$f: no case $name in tests/${words[1]}"
+			done
+		done <"$f"
+	done
+}
+
+# Stage a fresh initramfs tree in $1: our init (userspace/init/init.c),
+# the usual directories, and the test lists given after it, expanded
+# (expand_lists), as /etc/tests.list (empty without any).
+stage_initramfs() {
+	local stage=$1; shift
+	rm -rf "$stage"; mkdir -p "$stage"/{bin,etc,proc,sys,dev,tmp}
+	aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -o "$stage/init" \
+		"$TOP/userspace/init/init.c" || die "cannot build userspace/init/init.c"
+	expand_lists "$@" >"$stage/etc/tests.list"
+}
+
+# Pack the tree $1 into the newc cpio archive $2, owned by root, in a
+# stable order.
+pack_cpio() {
+	(cd "$1" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) >"$2.tmp"
+	mv "$2.tmp" "$2"
+}

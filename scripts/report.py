@@ -33,20 +33,33 @@ START = re.compile(r"^@@ START (\S+)")
 # What an end-to-end run (apf-e2e) says, for the APF on/hidden comparison.
 E2E_PASS = re.compile(r"^e2e: PASS not_present=(\d+) ready=(\d+) wall=([\d.]+)s")
 WORKLOAD_OK = re.compile(r"^workload: ok .*compute_iters=(\d+)")
+# The VMM command apf-e2e starts; two runs pair when theirs differ only in
+# "--apf hidden".
+E2E_RUNNING = re.compile(r"^e2e: running (.*)$")
+APF_HIDDEN = " --apf hidden"
 
 
 def compare(runs):
-    """Print APF on against APF hidden for pairs NAME / NAME-hidden."""
+    """Print APF on against APF hidden for each run with "--apf hidden" and
+    the latest run before it whose VMM command is the same without it (the
+    pair's key)."""
     lines = []
-    for name, on in runs.items():
-        off = runs.get(name.replace("-uffd", "-hidden").replace("-on", "-hidden"))
-        if name.endswith("-hidden") or not off or off is on:
+    last_on = {}
+    for off_name, off in runs.items():
+        if "key" not in off:
             continue
+        if not off["hidden"]:
+            last_on[off["key"]] = off_name
+            continue
+        name = last_on.get(off["key"])
+        if name is None:
+            continue
+        on = runs[name]
         if not all(k in r for r in (on, off) for k in ("wall", "iters")):
             continue
         rate_on, rate_off = on["iters"] / on["wall"], off["iters"] / off["wall"]
         lines += [
-            f"APF on ({name}) against APF hidden ({name.replace('-uffd', '-hidden').replace('-on', '-hidden')}), same kernel and workload:",
+            f"APF on ({name}) against APF hidden ({off_name}), same kernel and workload:",
             f"  {'':10} {'wall':>8} {'not_present':>12} {'compute iterations/s':>22}",
             f"  {'APF on':10} {on['wall']:7.1f}s {on['np']:12d} {rate_on:22.3e}",
             f"  {'APF hidden':10} {off['wall']:7.1f}s {off['np']:12d} {rate_off:22.3e}",
@@ -117,6 +130,11 @@ def main():
         m = START.match(body)
         if m:
             current = m.group(1)
+        m = E2E_RUNNING.match(body)
+        if m and current and "key" not in runs.get(current, {}):
+            cmd = m.group(1)
+            runs.setdefault(current, {}).update(
+                key=cmd.replace(APF_HIDDEN, ""), hidden=APF_HIDDEN in cmd)
         m = WORKLOAD_OK.match(body)
         if m and current:
             runs.setdefault(current, {})["iters"] = int(m.group(1))
