@@ -22,7 +22,6 @@
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Sender};
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -147,13 +146,41 @@ impl Request {
     }
 }
 
-/// A request and where its answer goes (`Ok` text or error text).
+/// A request, and the connection its answer goes to.
+///
+/// The answer is written by whoever handles the request, before it goes
+/// on: a VMM that saves its VM and exits has answered by then. Dropped
+/// unanswered, it answers that the VMM is shutting down.
 #[derive(Debug)]
 pub struct Pending {
     /// The request.
     pub request: Request,
-    /// The answer.
-    pub reply: Sender<Result<String, String>>,
+    stream: Option<UnixStream>,
+}
+
+impl Pending {
+    /// Writes `answer` (`Ok` text or error text) to the client.
+    pub fn answer(mut self, answer: Result<String, String>) {
+        self.write(answer);
+    }
+
+    fn write(&mut self, answer: Result<String, String>) {
+        let Some(stream) = self.stream.take() else {
+            return;
+        };
+        let text = match answer {
+            Ok(t) => format!("ok {t}\n"),
+            Err(t) => format!("error {t}\n"),
+        };
+        // A client that went away has nobody to tell.
+        let _ = (&stream).write_all(text.as_bytes());
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.write(Err("the VMM is shutting down".into()));
+    }
 }
 
 /// The socket's thread. It stops when the process exits; the socket file
@@ -201,23 +228,24 @@ fn serve<F: Fn(Pending)>(stream: UnixStream, deliver: &F) {
     let read = BufReader::new(&stream)
         .take(MAX_LINE as u64)
         .read_line(&mut line);
-    let answer = match read {
+    let request = match read {
         Err(e) => Err(format!("reading the request: {e}")),
-        Ok(_) => match Request::parse(line.trim_end()) {
-            Err(e) => Err(e.to_string()),
-            Ok(request) => {
-                let (tx, rx) = mpsc::channel();
-                deliver(Pending { request, reply: tx });
-                rx.recv()
-                    .unwrap_or_else(|_| Err("the VMM is shutting down".into()))
-            }
+        Ok(_) => Request::parse(line.trim_end()).map_err(|e| e.to_string()),
+    };
+    let mut pending = Pending {
+        request: Request::Snapshot {
+            dir: PathBuf::new(),
+            at: StopAt::default(),
         },
+        stream: Some(stream),
     };
-    let text = match answer {
-        Ok(t) => format!("ok {t}\n"),
-        Err(t) => format!("error {t}\n"),
-    };
-    let _ = (&stream).write_all(text.as_bytes());
+    match request {
+        Ok(request) => {
+            pending.request = request;
+            deliver(pending);
+        }
+        Err(why) => pending.answer(Err(why)),
+    }
 }
 
 /// Client side: sends `request` to the VMM at `socket` and waits up to
@@ -300,7 +328,7 @@ mod tests {
                 Request::Snapshot { dir, .. } => Ok(format!("saved {}", dir.display())),
                 Request::Migrate { .. } => Err("no receiver".to_string()),
             };
-            let _ = p.reply.send(answer);
+            p.answer(answer);
         })
         .unwrap();
         let t = Duration::from_secs(10);

@@ -447,10 +447,10 @@ mod kvm {
                 if !quiet {
                     println!("snapshot: {text}");
                 }
-                let _ = pending.reply.send(Ok(text.clone()));
+                pending.answer(Ok(text.clone()));
             }
             Err(e) => {
-                let _ = pending.reply.send(Err(e.to_string()));
+                pending.answer(Err(e.to_string()));
             }
         }
         result.map(drop)

@@ -383,8 +383,11 @@ mod tests {
             h[16..24].copy_from_slice(&image_size.to_le_bytes());
             h[24..32].copy_from_slice(&0b010u64.to_le_bytes());
             h[56..60].copy_from_slice(b"ARM\x64");
-            let path =
-                std::env::temp_dir().join(format!("apf-vmm-main-{}-{name}", std::process::id()));
+            // Tests run side by side in one process: a name per file.
+            static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = std::env::temp_dir()
+                .join(format!("apf-vmm-main-{}-{n}-{name}", std::process::id()));
             std::fs::write(&path, h).unwrap();
             TempImage(path)
         }

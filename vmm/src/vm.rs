@@ -546,7 +546,7 @@ impl Vm {
                             }));
                         }
                         Err(why) => {
-                            let _ = pending.reply.send(Err(why));
+                            pending.answer(Err(why));
                         }
                     }
                 }
@@ -582,13 +582,13 @@ impl Vm {
                     RunEnd::Captured(c)
                 }
                 Err(why) => {
-                    let _ = c.pending.reply.send(Err(why.clone()));
+                    c.pending.answer(Err(why.clone()));
                     RunEnd::Fatal(why)
                 }
             },
             RunEnd::Captured(c) => {
                 let why = "a vCPU thread did not stop; nothing saved".to_string();
-                let _ = c.pending.reply.send(Err(why.clone()));
+                c.pending.answer(Err(why.clone()));
                 RunEnd::Fatal(why)
             }
             other => other,
