@@ -56,6 +56,9 @@ impl<T: CpuHotplug> Registration<T> {
     /// Registers the state and runs [`CpuHotplug::online`] on every online
     /// CPU. If that fails on one, the state is rolled back and the error
     /// returned.
+    ///
+    /// Process context: it takes the CPU hotplug lock and may sleep; not
+    /// from a hotplug callback.
     pub fn new(name: &'static CStr) -> Result<Self> {
         // SAFETY: `name` is static and the trampolines have the C signature.
         let ret = unsafe {

@@ -12,61 +12,62 @@
 use crate::{bindings, error::to_result, prelude::*, str::CStr};
 use core::{ffi::c_void, marker::PhantomData};
 
-/// Interrupts masked on the local CPU for as long as the guard lives.
+/// Proof that interrupts are masked on the local CPU, given to the closure
+/// of [`LocalIrqDisabled::with`].
 ///
-/// While it lives the task cannot be preempted or migrated, and no
-/// interrupt handler runs on this CPU, so data shared only with this CPU's
-/// interrupt handlers may be locked with a plain spinlock.
+/// While interrupts are masked the task cannot be preempted or migrated,
+/// and no interrupt handler runs on this CPU, so data shared only with this
+/// CPU's interrupt handlers may be locked with a plain spinlock. Only
+/// [`LocalIrqDisabled::with`] makes one, and only lends it, so masking
+/// always nests: the state it restores is the one it saved.
 ///
 /// # Invariants
 ///
-/// `flags` holds the interrupt state saved by `local_irq_save()` on this CPU.
+/// Interrupts are masked on the CPU that runs the closure it was lent to,
+/// for as long as the reference lives.
 ///
 /// # Examples
 ///
 /// ```
 /// use kernel::irq::LocalIrqDisabled;
 ///
-/// let guard = LocalIrqDisabled::new();
-/// assert!(guard.cpu() < kernel::irq::nr_cpu_ids());
+/// let cpu = LocalIrqDisabled::with(|irqs_off| irqs_off.cpu());
+/// assert!(cpu < kernel::irq::nr_cpu_ids());
 /// ```
 pub struct LocalIrqDisabled {
-    flags: usize,
-    // The guard must be dropped on the CPU that created it.
+    // Stays on the CPU it was made on.
     _not_send: PhantomData<*mut ()>,
 }
 
 impl LocalIrqDisabled {
-    /// Masks interrupts on the local CPU, remembering the previous state.
-    pub fn new() -> Self {
-        // INVARIANT: the flags come from `local_irq_save()` on this CPU.
-        Self {
-            // SAFETY: Saving and masking the local interrupt state is always
-            // allowed; `Drop` restores it.
-            flags: unsafe { bindings::local_irq_save() },
+    /// Runs `f` with interrupts masked on the local CPU, then restores their
+    /// previous state.
+    ///
+    /// `f` must not sleep: the kernel reports a sleep with interrupts masked
+    /// as a bug (`CONFIG_DEBUG_ATOMIC_SLEEP`), and the task could come back
+    /// on another CPU, so [`LocalIrqDisabled::cpu`] would no longer be the
+    /// CPU it runs on. Any context may call it.
+    pub fn with<R>(f: impl FnOnce(&LocalIrqDisabled) -> R) -> R {
+        // SAFETY: Saving and masking the local interrupt state is always
+        // allowed; it is restored below, on this CPU, since the task
+        // cannot migrate meanwhile.
+        let flags = unsafe { bindings::local_irq_save() };
+        // INVARIANT: interrupts are masked until `local_irq_restore()`,
+        // and the reference does not outlive `f`.
+        let r = f(&LocalIrqDisabled {
             _not_send: PhantomData,
-        }
+        });
+        // SAFETY: `flags` was saved just above on this CPU; anything `f`
+        // masked or unmasked in between it restored, as masking nests.
+        unsafe { bindings::local_irq_restore(flags) };
+        r
     }
 
     /// Returns the number of the CPU the caller runs on, which cannot change
-    /// while the guard lives.
+    /// while interrupts are masked.
     pub fn cpu(&self) -> u32 {
         // SAFETY: Always callable; with interrupts masked the result is stable.
         unsafe { bindings::raw_smp_processor_id() as u32 }
-    }
-}
-
-impl Default for LocalIrqDisabled {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Drop for LocalIrqDisabled {
-    fn drop(&mut self) {
-        // SAFETY: By the type invariant `flags` was saved on this CPU, and
-        // the guard is not `Send`, so this still is that CPU.
-        unsafe { bindings::local_irq_restore(self.flags) };
     }
 }
 
@@ -111,6 +112,8 @@ pub trait PercpuHandler {
 ///
 /// The line starts disabled on every CPU; each CPU enables its own with
 /// [`PercpuIrq::enable_local`], typically from a CPU hotplug callback.
+/// Dropping it disables the line on every CPU, waits for running handlers,
+/// and frees it.
 ///
 /// # Invariants
 ///
@@ -150,6 +153,8 @@ unsafe extern "C" fn percpu_trampoline<H: PercpuHandler>(
 
 impl<H: PercpuHandler> PercpuIrq<H> {
     /// Requests the per-CPU interrupt `irq` (a Linux interrupt number).
+    ///
+    /// Process context: it allocates and may sleep.
     pub fn request(irq: u32, name: &'static CStr) -> Result<Self> {
         // SAFETY: A one-byte per-CPU allocation (`__alloc_percpu()`); it
         // only serves as the non-NULL device id `request_percpu_irq()` wants.
@@ -183,12 +188,17 @@ impl<H: PercpuHandler> PercpuIrq<H> {
 
     /// Enables the interrupt on the calling CPU, with the trigger type the
     /// firmware description gave it.
+    ///
+    /// The caller must stay on its CPU: call it from a CPU hotplug callback
+    /// or with preemption disabled.
     pub fn enable_local(&self) {
         // SAFETY: By the type invariant `irq` is a requested per-CPU line.
         unsafe { bindings::enable_percpu_irq(self.irq, bindings::IRQ_TYPE_NONE) };
     }
 
     /// Disables the interrupt on the calling CPU.
+    ///
+    /// The caller must stay on its CPU, as for [`PercpuIrq::enable_local`].
     pub fn disable_local(&self) {
         // SAFETY: By the type invariant `irq` is a requested per-CPU line.
         unsafe { bindings::disable_percpu_irq(self.irq) };
@@ -196,12 +206,27 @@ impl<H: PercpuHandler> PercpuIrq<H> {
 }
 
 impl<H: PercpuHandler> Drop for PercpuIrq<H> {
+    /// Process context: it waits for every online CPU.
     fn drop(&mut self) {
-        // SAFETY: By the type invariant the line was requested with `cookie`.
-        // The caller must have disabled it on every CPU, as the C API asks.
+        let irq = self.irq;
+        // SAFETY: Holds CPU hotplug off until the matching unlock below.
+        unsafe { bindings::cpus_read_lock() };
+        // `free_percpu_irq()` leaves the handler installed on every CPU that
+        // still has the line enabled: disable it everywhere first. The call
+        // runs on each online CPU in turn, between two interrupts, so once it
+        // returns no handler runs nor can start. An offline CPU runs none,
+        // and with the action gone it will not run one when it comes back.
+        crate::cpuhp::on_each_online_cpu(|_cpu| {
+            // SAFETY: By the type invariant `irq` is a requested per-CPU
+            // line; this runs pinned to the CPU it disables it on.
+            unsafe { bindings::disable_percpu_irq(irq) }
+        });
+        // SAFETY: By the type invariant the line was requested with `cookie`,
+        // and now no CPU can run its handler; `cookie` is not used after.
         unsafe {
-            bindings::free_percpu_irq(self.irq, self.cookie);
+            bindings::free_percpu_irq(irq, self.cookie);
             bindings::free_percpu(self.cookie);
+            bindings::cpus_read_unlock();
         }
     }
 }

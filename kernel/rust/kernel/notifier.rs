@@ -83,6 +83,8 @@ unsafe extern "C" fn trampoline<T: NotifierHandler, const PANIC: bool>(
 
 impl<T: NotifierHandler> Notifier<T> {
     /// Registers `T` on `chain`.
+    ///
+    /// Process context: it may sleep.
     pub fn register(chain: Chain) -> Result<Self> {
         let call = match chain {
             Chain::Reboot => trampoline::<T, false>,
@@ -215,6 +217,8 @@ impl<T: SyscoreHandler> Ops<T> {
 
 impl<T: SyscoreHandler> Syscore<T> {
     /// Registers `T`'s callbacks.
+    ///
+    /// Process context: it takes a mutex.
     pub fn register() -> Result<Self> {
         let ops: &'static bindings::syscore_ops = &Ops::<T>::OPS;
         let syscore = KBox::pin(

@@ -46,6 +46,12 @@ unsafe impl<T: ShowSingle> Send for SingleFile<T> {}
 // SAFETY: No method gives access to the entry.
 unsafe impl<T: ShowSingle> Sync for SingleFile<T> {}
 
+/// The `show` callback of a file made by [`SingleFile::create`].
+///
+/// # Safety
+///
+/// Called by seq_file only, in process context, with `m` the live
+/// `seq_file` of a read of that file.
 unsafe extern "C" fn show_trampoline<T: ShowSingle>(
     m: *mut bindings::seq_file,
     _v: *mut c_void,

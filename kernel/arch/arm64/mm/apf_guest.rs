@@ -27,7 +27,7 @@ use core::{
     ffi::{c_char, c_int},
     fmt::Write,
     ptr,
-    sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering},
+    sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering},
 };
 use kernel::{
     arm_smccc, bindings, c_str, cpuhp,
@@ -37,7 +37,8 @@ use kernel::{
     notifier::{Chain, Notifier, NotifierHandler, Syscore, SyscoreHandler},
     prelude::*,
     proc_fs::{SeqFile, ShowSingle, SingleFile},
-    sync::{Completion, RawSpinLockIrq},
+    sync::{Completion, Published, RawSpinLockIrq},
+    types::Opaque,
 };
 
 module! {
@@ -75,7 +76,7 @@ const TICKET_RETRY: u32 = u32::MAX;
 /// Set by the `no-kvmapf` boot parameter.
 static NO_KVMAPF: AtomicBool = AtomicBool::new(false);
 /// The state, published once it is complete; never freed (built in).
-static APF: AtomicPtr<Apf> = AtomicPtr::new(ptr::null_mut());
+static APF: Published<Apf> = Published::new();
 
 /// One CPU's control block (`struct kvm_vcpu_pv_apf_data`), which the host
 /// writes while this CPU is out of the guest.
@@ -83,8 +84,13 @@ static APF: AtomicPtr<Apf> = AtomicPtr::new(ptr::null_mut());
 struct Block {
     reason: AtomicU32,
     token: AtomicU32,
-    _pad: [u8; 56],
+    /// Reserved: the host may write it, the guest never touches it.
+    _pad: Opaque<[u8; 56]>,
 }
+
+// SAFETY: The guest only accesses `reason` and `token`, atomically; the
+// padding, which the host may write, it never reads nor writes.
+unsafe impl Sync for Block {}
 
 const _: () = assert!(
     core::mem::size_of::<Block>() == core::mem::size_of::<bindings::kvm_vcpu_pv_apf_data>()
@@ -421,21 +427,56 @@ struct Apf {
 }
 
 fn apf() -> Option<&'static Apf> {
-    // SAFETY: `APF` is NULL or points to a fully initialised `Apf` that is
-    // never freed; the acquire pairs with the release that published it.
-    unsafe { APF.load(Ordering::Acquire).as_ref() }
+    APF.get()
 }
 
-/// Calls APF subcall `call` with arguments `a2`, `a3`; returns x0, x1.
-fn apf_call(call: u32, a2: u64, a3: u64) -> (i64, u64) {
-    // SAFETY: An APF subcall. The only one that hands memory to the host is
-    // ENABLE, whose callers pass a block that is never freed.
+/// The APF subcalls that hand the host no memory.
+#[derive(Clone, Copy)]
+enum Call {
+    Version,
+    Slots,
+    Irq,
+    Disable,
+    Ack,
+}
+
+/// Makes APF subcall `call` with arguments `a2`, `a3`; returns x0, x1.
+///
+/// # Safety
+///
+/// For ENABLE, `a2` must be the physical address of a [`Block`] that is
+/// never freed: the host writes it until DISABLE, or for ever.
+unsafe fn hvc(call: u32, a2: u64, a3: u64) -> (i64, u64) {
+    // SAFETY: An APF subcall; the caller vouches for the memory ENABLE
+    // hands over, the others hand over none.
     let r = unsafe { arm_smccc::hvc([FUNC_ID, call.into(), a2, a3]) };
     (r[0] as i64, r[1])
 }
 
-fn apf_query(call: u32) -> Result<u64> {
-    match apf_call(call, 0, 0) {
+/// Makes APF subcall `call`; returns x0, x1.
+fn apf_call(call: Call) -> (i64, u64) {
+    let id = match call {
+        Call::Version => bindings::KVM_ASYNC_PF_CALL_VERSION,
+        Call::Slots => bindings::KVM_ASYNC_PF_CALL_SLOTS,
+        Call::Irq => bindings::KVM_ASYNC_PF_CALL_IRQ,
+        Call::Disable => bindings::KVM_ASYNC_PF_CALL_DISABLE,
+        Call::Ack => bindings::KVM_ASYNC_PF_CALL_ACK,
+    };
+    // SAFETY: Not ENABLE: no memory is handed over.
+    unsafe { hvc(id, 0, 0) }
+}
+
+/// Hands `block` to the host for the calling CPU; returns x0.
+fn apf_enable(block: &'static Block) -> i64 {
+    // SAFETY: `block` is a live kernel address in the linear map.
+    let ipa = unsafe { bindings::virt_to_phys(ptr::from_ref(block).cast_mut().cast()) };
+    let flags = bindings::KVM_ASYNC_PF_ENABLED.into();
+    // SAFETY: ENABLE with a block that lives for ever (`'static`).
+    unsafe { hvc(bindings::KVM_ASYNC_PF_CALL_ENABLE, ipa, flags) }.0
+}
+
+fn apf_query(call: Call) -> Result<u64> {
+    match apf_call(call) {
         (0, v) => Ok(v),
         _ => Err(ENODEV),
     }
@@ -472,8 +513,12 @@ impl Apf {
     /// registers the current task as its waiter. Interrupts are masked since
     /// the exception entry, so this is the CPU that took the abort.
     fn take(&self) -> u32 {
-        let irqs_off = LocalIrqDisabled::new();
-        let cpu = irqs_off.cpu();
+        LocalIrqDisabled::with(|irqs_off| self.take_on(irqs_off.cpu()))
+    }
+
+    /// [`Apf::take`] on `cpu`, which is the current CPU, with interrupts
+    /// masked.
+    fn take_on(&self, cpu: u32) -> u32 {
         let block = &self.blocks[cpu as usize];
         if block.reason.load(Ordering::Acquire) != NOT_PRESENT {
             return TICKET_NONE;
@@ -549,17 +594,14 @@ impl Apf {
     }
 
     /// Registers this CPU's block with the host.
-    fn enable_cpu(&self, cpu: u32) {
+    fn enable_cpu(&'static self, cpu: u32) {
         let block = &self.blocks[cpu as usize];
         block.reason.store(0, Ordering::Relaxed);
         block.token.store(0, Ordering::Relaxed);
         self.irq.enable_local();
-        // SAFETY: `block` is a live kernel address in the linear map.
-        let ipa = unsafe { bindings::virt_to_phys(ptr::from_ref(block).cast_mut().cast()) };
-        let flags = bindings::KVM_ASYNC_PF_ENABLED.into();
-        match apf_call(bindings::KVM_ASYNC_PF_CALL_ENABLE, ipa, flags) {
-            (0, _) => self.enabled[cpu as usize].store(true, Ordering::Relaxed),
-            (err, _) => {
+        match apf_enable(block) {
+            0 => self.enabled[cpu as usize].store(true, Ordering::Relaxed),
+            err => {
                 self.irq.disable_local();
                 pr_warn!("CPU{cpu}: ENABLE failed ({err}), APF stays off there\n");
             }
@@ -573,11 +615,10 @@ impl Apf {
         if !self.enabled[cpu as usize].swap(false, Ordering::Relaxed) {
             return;
         }
-        {
-            // No abort can be taken on this CPU meanwhile, so the block
-            // cannot change under us once DISABLE returned.
-            let _irqs_off = LocalIrqDisabled::new();
-            apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0);
+        // No abort can be taken on this CPU meanwhile, so the block cannot
+        // change under us once DISABLE returned.
+        LocalIrqDisabled::with(|_| {
+            apf_call(Call::Disable);
             // A PAGE_READY delivered before DISABLE counts as delivered.
             self.consume_ready(cpu);
             // A PAGE_NOT_PRESENT cannot be in the block: its abort is taken
@@ -586,14 +627,14 @@ impl Apf {
             // that nobody waits for it.
             self.blocks[cpu as usize].reason.store(0, Ordering::Release);
             self.table.wake_cpu(cpu);
-        }
+        });
         self.irq.disable_local();
     }
 }
 
 /// The number of the CPU the caller runs on, which may be stale at once.
 fn cpu_now() -> u32 {
-    LocalIrqDisabled::new().cpu()
+    LocalIrqDisabled::with(|irqs_off| irqs_off.cpu())
 }
 
 /// The PAGE_READY interrupt.
@@ -606,7 +647,7 @@ impl PercpuHandler for ReadyIrq {
         };
         let woke = apf.consume_ready(cpu);
         // Lets the host lower the line and send the next event.
-        apf_call(bindings::KVM_ASYNC_PF_CALL_ACK, 0, 0);
+        apf_call(Call::Ack);
         // A task just woken has waited for I/O: let it compete for this
         // CPU now rather than at the next tick, which costs more than the
         // fetch itself when swap-ins are fast.
@@ -629,7 +670,7 @@ impl cpuhp::CpuHotplug for Hotplug {
             // make sure a previous kernel's block is gone. A crash kernel
             // gets here before user space runs, and so before any fault
             // could be reported into the old kernel's block.
-            None => drop(apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0)),
+            None => drop(apf_call(Call::Disable)),
         }
         Ok(())
     }
@@ -672,7 +713,7 @@ impl NotifierHandler for Shutdown {
             // Other CPUs are stopped: no locks, only the hypercall. A crash
             // kernel started by panic() runs before this: it disables the
             // blocks itself (`Hotplug::online`).
-            Chain::Panic => drop(apf_call(bindings::KVM_ASYNC_PF_CALL_DISABLE, 0, 0)),
+            Chain::Panic => drop(apf_call(Call::Disable)),
         }
     }
 }
@@ -736,17 +777,17 @@ fn probe() -> Result<Probe> {
         pr_info!("not used in a crash kernel\n");
         return Ok(Probe::Off);
     }
-    let version = apf_query(bindings::KVM_ASYNC_PF_CALL_VERSION)?;
+    let version = apf_query(Call::Version)?;
     if version >> 16 != (bindings::KVM_ASYNC_PF_VERSION_1_0 >> 16).into() {
         pr_info!("unsupported version {version:#x}\n");
         return Ok(Probe::Off);
     }
-    let slots = apf_query(bindings::KVM_ASYNC_PF_CALL_SLOTS)?;
+    let slots = apf_query(Call::Slots)?;
     if !(1..=MAX_SLOTS).contains(&slots) {
         pr_warn!("the host offers {slots} slots, expected 1 to {MAX_SLOTS}\n");
         return Ok(Probe::Off);
     }
-    let intid = apf_query(bindings::KVM_ASYNC_PF_CALL_IRQ)?;
+    let intid = apf_query(Call::Irq)?;
     let virq = irq::gic_ppi(u32::try_from(intid).map_err(|_| EINVAL)?)?;
 
     let cpus = irq::nr_cpu_ids() as usize;
@@ -756,7 +797,7 @@ fn probe() -> Result<Probe> {
         let block = Block {
             reason: AtomicU32::new(0),
             token: AtomicU32::new(0),
-            _pad: [0; 56],
+            _pad: Opaque::new([0; 56]),
         };
         blocks.push(block, GFP_KERNEL)?;
         enabled.push(AtomicBool::new(false), GFP_KERNEL)?;
@@ -774,8 +815,8 @@ fn probe() -> Result<Probe> {
         },
         GFP_KERNEL,
     )?;
-    // The state is leaked here to live as long as the kernel.
-    APF.store(KBox::into_raw(apf), Ordering::Release);
+    // The state lives as long as the kernel.
+    APF.publish(apf).map_err(|_| EBUSY)?;
     // SAFETY: `kvm_apf_key` is a static key defined by the entry code; it
     // is enabled once, from process context, after the state is published.
     unsafe { bindings::static_key_false_enable(ptr::addr_of_mut!(bindings::kvm_apf_key)) };
@@ -841,30 +882,9 @@ pub extern "C" fn kvm_apf_guest_wait(ticket: u32) {
     }
 }
 
-/// The `no-kvmapf` boot parameter.
-unsafe extern "C" fn parse_no_kvmapf(_arg: *mut c_char) -> c_int {
+/// The `no-kvmapf` boot parameter (an `early_param()` of the entry code).
+#[export]
+pub extern "C" fn kvm_apf_guest_no_kvmapf(_arg: *mut c_char) -> c_int {
     NO_KVMAPF.store(true, Ordering::Relaxed);
     0
 }
-
-/// An entry of the kernel's table of boot parameters: `struct
-/// obs_kernel_param` of `include/linux/init.h`, as `early_param()` makes it
-/// (bindgen does not see it, the header hides it from modules).
-#[repr(C)]
-struct SetupParam {
-    name: *const c_char,
-    setup: unsafe extern "C" fn(*mut c_char) -> c_int,
-    early: c_int,
-}
-
-// SAFETY: Read only, by the boot CPU, during early boot; the pointers it
-// holds are to a static string and a function.
-unsafe impl Sync for SetupParam {}
-
-#[link_section = ".init.setup"]
-#[used]
-static NO_KVMAPF_PARAM: SetupParam = SetupParam {
-    name: c"no-kvmapf".as_ptr(),
-    setup: parse_no_kvmapf,
-    early: 1,
-};

@@ -14,6 +14,8 @@ DECLARE_STATIC_KEY_FALSE(kvm_apf_key);
 
 u32 kvm_apf_guest_take(u64 esr);
 void kvm_apf_guest_wait(u32 ticket);
+/* The no-kvmapf boot parameter. */
+int kvm_apf_guest_no_kvmapf(char *arg);
 
 /*
  * For an abort taken from user space, before interrupts are unmasked: if
