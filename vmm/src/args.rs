@@ -79,8 +79,6 @@ pub enum ApfMode {
 pub struct UffdOptions {
     /// Delay, in microseconds, before each missing page is served.
     pub latency_us: u64,
-    /// File whose content is served (offset = guest RAM offset); zeros if absent.
-    pub source: Option<PathBuf>,
     /// Interval, in milliseconds, of the evictor that drops every
     /// populated page again; 0 turns it off.
     pub evict_ms: u64,
@@ -200,7 +198,6 @@ Options:
   --mem MIB               guest RAM in MiB, {MIN_MEM_MIB}..{MAX_MEM_MIB} (default: {DEFAULT_MEM_MIB})
   --mem-mode MODE         plain | uffd | cgroup (default: plain)
   --uffd-latency-us N     uffd: delay before each page is served, 0..{MAX_UFFD_LATENCY_US} (default: 0)
-  --uffd-source PATH      uffd: serve pages from this file (default: zero-fill)
   --uffd-evict-ms N       uffd: every N ms pause the vCPUs and drop every populated
                           page (its content is kept and served again); 0 (default)
                           or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}
@@ -242,7 +239,6 @@ enum Opt {
     Mem,
     MemMode,
     UffdLatency,
-    UffdSource,
     UffdEvict,
     CgroupLimit,
     CgroupMax,
@@ -262,7 +258,6 @@ impl Opt {
             Opt::Mem => "--mem",
             Opt::MemMode => "--mem-mode",
             Opt::UffdLatency => "--uffd-latency-us",
-            Opt::UffdSource => "--uffd-source",
             Opt::UffdEvict => "--uffd-evict-ms",
             Opt::CgroupLimit => "--cgroup-limit",
             Opt::CgroupMax => "--cgroup-max",
@@ -273,7 +268,7 @@ impl Opt {
     }
 
     fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 15] = [
+        const ALL: [Opt; 14] = [
             Opt::Kernel,
             Opt::Initrd,
             Opt::Cmdline,
@@ -282,7 +277,6 @@ impl Opt {
             Opt::Mem,
             Opt::MemMode,
             Opt::UffdLatency,
-            Opt::UffdSource,
             Opt::UffdEvict,
             Opt::CgroupLimit,
             Opt::CgroupMax,
@@ -305,7 +299,6 @@ struct Raw {
     mem_mib: Option<u64>,
     mem_mode: Option<MemMode>,
     uffd_latency_us: Option<u64>,
-    uffd_source: Option<PathBuf>,
     uffd_evict_ms: Option<u64>,
     cgroup_limit_mib: Option<u64>,
     cgroup_max_mib: Option<u64>,
@@ -365,7 +358,6 @@ fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
     match opt {
         Opt::Kernel => set_once(&mut raw.kernel, opt, path(opt, value)?),
         Opt::Initrd => set_once(&mut raw.initrd, opt, path(opt, value)?),
-        Opt::UffdSource => set_once(&mut raw.uffd_source, opt, path(opt, value)?),
         Opt::ApiSocket => set_once(&mut raw.api_socket, opt, path(opt, value)?),
         Opt::Cmdline => set_once(&mut raw.cmdline, opt, utf8(opt, value)?),
         Opt::Vcpus => {
@@ -560,12 +552,6 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
                 mode: "uffd",
             });
         }
-        if raw.uffd_source.is_some() {
-            return Err(ArgsError::WrongMode {
-                option: Opt::UffdSource.name(),
-                mode: "uffd",
-            });
-        }
         if raw.uffd_evict_ms.is_some() {
             return Err(ArgsError::WrongMode {
                 option: Opt::UffdEvict.name(),
@@ -614,7 +600,6 @@ fn finish(raw: Raw) -> Result<Args, ArgsError> {
         mem_mode,
         uffd: UffdOptions {
             latency_us: raw.uffd_latency_us.unwrap_or(0),
-            source: raw.uffd_source,
             evict_ms: raw.uffd_evict_ms.unwrap_or(0),
         },
         cgroup_limit_mib: raw.cgroup_limit_mib,
@@ -690,8 +675,6 @@ mod tests {
             "uffd",
             "--uffd-latency-us",
             "250",
-            "--uffd-source",
-            "ram.img",
             "--apf",
             "hidden",
             "--apf-irq",
@@ -706,7 +689,6 @@ mod tests {
         assert_eq!(a.mem_mib, 4096);
         assert_eq!(a.mem_mode, MemMode::Uffd);
         assert_eq!(a.uffd.latency_us, 250);
-        assert_eq!(a.uffd.source, Some(PathBuf::from("ram.img")));
         assert_eq!(a.apf, ApfMode::Hidden);
         assert_eq!(a.apf_irq, Some(31));
         assert!(a.quiet);
@@ -831,6 +813,15 @@ mod tests {
             ArgsError::UnexpectedArgument("Image".into())
         );
         assert_eq!(err(&["-k"]), ArgsError::UnexpectedArgument("-k".into()));
+    }
+
+    #[test]
+    fn uffd_source_is_gone() {
+        assert_eq!(
+            err(&["--kernel", "k", "--mem-mode", "uffd", "--uffd-source", "x"]),
+            ArgsError::UnknownOption("--uffd-source".into())
+        );
+        assert!(!usage().contains("--uffd-source"));
     }
 
     #[test]
@@ -981,11 +972,11 @@ mod tests {
                 "cgroup",
                 "--cgroup-limit",
                 "64",
-                "--uffd-source",
-                "x"
+                "--uffd-evict-ms",
+                "100"
             ]),
             ArgsError::WrongMode {
-                option: "--uffd-source",
+                option: "--uffd-evict-ms",
                 mode: "uffd"
             }
         );

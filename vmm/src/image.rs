@@ -192,11 +192,6 @@ pub fn inspect_initrd(path: &Path) -> Result<u64, ImageError> {
     Ok(size)
 }
 
-/// Opens the userfaultfd source image (any size; missing bytes read as zero).
-pub fn open_uffd_source(path: &Path) -> Result<File, ImageError> {
-    open_regular("uffd source", path).map(|(f, _)| f)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -347,8 +342,6 @@ pub(crate) mod tests {
             Err(ImageError::Empty { .. })
         ));
         assert_eq!(inspect_initrd(&kernel).unwrap(), 4096);
-        assert!(open_uffd_source(&empty).is_ok());
-        assert!(open_uffd_source(&dir).is_err());
 
         std::fs::remove_dir_all(&dir).unwrap();
     }

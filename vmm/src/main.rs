@@ -15,7 +15,6 @@
 // the code without a caller there; the aarch64 build has them all.
 #![cfg_attr(not(target_arch = "aarch64"), allow(dead_code))]
 
-use std::fs::File;
 use std::process::ExitCode;
 
 use apf_vmm::error::{Error, EXIT_USAGE};
@@ -35,7 +34,6 @@ struct Prepared {
     /// The device tree (first; x0 points at it) and, with `--boot acpi`,
     /// the EFI and ACPI tables.
     firmware: Vec<Blob>,
-    uffd_source: Option<File>,
 }
 
 /// What tells the guest kernel about the machine: the device tree, or for
@@ -100,19 +98,12 @@ fn prepare(args: args::Args) -> Result<Prepared, Error> {
         .as_deref()
         .map(image::inspect_initrd)
         .transpose()?;
-    let uffd_source = args
-        .uffd
-        .source
-        .as_deref()
-        .map(image::open_uffd_source)
-        .transpose()?;
     let layout = layout::compute(args.mem_mib * MIB, &kernel, initrd_size)?;
     let firmware = firmware(&args, &layout)?;
     Ok(Prepared {
         args,
         layout,
         firmware,
-        uffd_source,
     })
 }
 
@@ -156,7 +147,6 @@ fn run(p: Prepared) -> Result<u8, Error> {
         args,
         layout,
         firmware,
-        uffd_source,
     } = p;
     let quiet = args.quiet;
 
@@ -193,14 +183,11 @@ fn run(p: Prepared) -> Result<u8, Error> {
     let mut evict = None;
     let mut backing = Backing::plain(mem, layout.ram);
     if args.mem_mode == MemMode::Uffd {
-        let source = match &uffd_source {
-            Some(f) => Some(f.try_clone().map_err(lifecycle::LifecycleError::Io)?),
-            None => None,
-        };
+        // No source file: a page is served as zeros the first time.
         let (store, _filler) = backing.register_uffd(
             Duration::from_micros(args.uffd.latency_us),
-            uffd::PageSource::File(uffd_source),
-            source,
+            uffd::PageSource::File(None),
+            None,
             &tx,
         )?;
         if args.uffd.evict_ms > 0 {

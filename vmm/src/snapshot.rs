@@ -7,9 +7,8 @@
 //!   `VERSION`, the payload's length and CRC-32), then the [`VmState`]
 //!   serialised with serde in postcard's compact format.
 //! - The **memory file** (`memory`): guest RAM as it is, byte `n` of the
-//!   file being byte `n` of RAM; pages of zeros are left as holes. It is the
-//!   format `--uffd-source` serves pages from, which is how a lazy restore
-//!   reads it.
+//!   file being byte `n` of RAM; pages of zeros are left as holes. A lazy
+//!   restore (`apf-vmm restore`) serves pages from it by userfaultfd.
 //!
 //! [`VmState::decode`] checks everything it can before anything is created:
 //! a restore either starts from a state that passed every check, or does not

@@ -209,8 +209,8 @@ pub struct Userfault {
 
 /// Where the handler gets the pages it serves.
 pub enum PageSource {
-    /// A file laid out like guest RAM (`--uffd-source`, a snapshot's
-    /// memory file); zeros past its end, or everywhere without one.
+    /// A file laid out like guest RAM (a snapshot's memory file); zeros
+    /// past its end, or everywhere without one (a boot).
     File(Option<File>),
     /// Another process (post-copy): the handler only asks, with the page's
     /// index, after the latency; a [`Filler`] installs the page when it

@@ -68,7 +68,6 @@ fn help_exits_zero() {
         "--mem ",
         "--mem-mode",
         "--uffd-latency-us",
-        "--uffd-source",
         "--cgroup-limit",
         "--apf ",
         "--apf-irq",
@@ -110,6 +109,10 @@ fn bad_arguments_exit_two() {
             "only applies to --mem-mode uffd",
         ),
         (&["--kernel"], "option --kernel needs a value"),
+        (
+            &["--kernel", "k", "--uffd-source", "ram.img"],
+            "unknown option '--uffd-source'",
+        ),
     ];
     for (args, msg) in cases {
         let o = vmm(args);
@@ -137,17 +140,6 @@ fn unusable_files_exit_two() {
         (vec!["--kernel", &elf], "no arm64 Image magic"),
         (vec!["--kernel", &good, "--initrd", &missing], "initrd"),
         (vec!["--kernel", &good, "--initrd", &empty], "initrd"),
-        (
-            vec![
-                "--kernel",
-                &good,
-                "--mem-mode",
-                "uffd",
-                "--uffd-source",
-                &dir,
-            ],
-            "uffd source",
-        ),
         // 16 MiB kernel + 50 MiB initrd + 2 MiB DTB block > 64 MiB.
         (
             vec!["--kernel", &good, "--initrd", &big_initrd, "--mem", "64"],
