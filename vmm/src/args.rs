@@ -1,19 +1,25 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Command line parsing.
+//! The boot command line, `apf-vmm --kernel IMAGE [options]`.
 //!
-//! The parser is hand-written to keep the dependency tree small. It accepts
-//! `--option value` and `--option=value`, rejects unknown options, repeated
-//! options and options that do not apply to the chosen memory mode, and never
-//! panics on user input.
+//! clap parses it (see [`crate::cli::Cli`], which also holds the commands
+//! that move a VM) into [`BootOptions`]: names, values, ranges, repeated
+//! options and the options a memory mode requires. [`BootOptions::validate`]
+//! then checks what clap cannot say (options of another memory mode, the
+//! room `--boot acpi` needs on the kernel command line, `--cgroup-max`
+//! against `--cgroup-limit`) and gives the typed [`Args`] the VMM runs
+//! with.
 
 use std::ffi::{OsStr, OsString};
 use std::path::PathBuf;
 
+use clap::builder::{RangedU64ValueParser, TypedValueParser};
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{CommandFactory, Parser, ValueEnum};
 use linux_loader::cmdline::Cmdline;
 use thiserror::Error;
 
-use crate::apf::KVM_ASYNC_PF_DEFAULT_IRQ;
+use crate::cli::{Cli, MoveCommand};
 use crate::layout::{
     reserved_ppi_intids, MAX_MEM_MIB, MAX_VCPUS, MIN_MEM_MIB, PPI_BASE_INTID, SPI_BASE_INTID,
 };
@@ -44,7 +50,7 @@ pub const CMDLINE_CAPACITY: usize = 2048;
 pub const EFI_NORUNTIME: &str = "efi=noruntime";
 
 /// How guest RAM is backed and how slow page fetches are produced.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MemMode {
     /// Anonymous memory, nothing special.
     Plain,
@@ -56,7 +62,7 @@ pub enum MemMode {
 }
 
 /// How the guest kernel finds the machine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BootMode {
     /// A full device tree (the default).
     Dt,
@@ -66,7 +72,7 @@ pub enum BootMode {
 }
 
 /// Whether the guest is offered asynchronous page faults.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ApfMode {
     /// Leave the APF service as KVM offers it (the default).
     On,
@@ -119,46 +125,31 @@ pub struct Args {
 }
 
 /// The result of a successful parse.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Command {
     /// Boot a guest.
     Run(Box<Args>),
-    /// Print the usage text and exit successfully.
-    Help,
+    /// Save, move or restore a VM (`apf-vmm snapshot|migrate|restore|receive`).
+    Move(MoveCommand),
 }
 
-/// Errors found on the command line.
+/// What [`BootOptions::validate`] refuses.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum ArgsError {
-    /// An option this program does not know.
-    #[error("unknown option '{0}'")]
-    UnknownOption(String),
-    /// A bare word where an option was expected.
-    #[error("unexpected argument '{0}' (options start with --)")]
-    UnexpectedArgument(String),
-    /// An option that needs a value came last.
-    #[error("option {0} needs a value")]
-    MissingValue(&'static str),
-    /// A flag was given a value with `=`.
-    #[error("option {0} does not take a value")]
-    UnexpectedValue(&'static str),
-    /// The same option twice.
-    #[error("option {0} given more than once")]
-    Duplicate(&'static str),
     /// A value that could not be used.
     #[error("invalid value '{value}' for {option}: {reason}")]
     InvalidValue {
         /// The option.
         option: &'static str,
-        /// The value as given (lossily converted to UTF-8).
+        /// The value as given.
         value: String,
         /// Why it was rejected.
         reason: String,
     },
-    /// `--kernel` is mandatory.
+    /// `--kernel` is mandatory (clap checks it first).
     #[error("missing required option --kernel")]
     MissingKernel,
-    /// `--mem-mode cgroup` without a limit.
+    /// `--mem-mode cgroup` without a limit (clap checks it first).
     #[error("--mem-mode cgroup needs --cgroup-limit")]
     MissingCgroupLimit,
     /// An option that belongs to another memory mode.
@@ -171,6 +162,20 @@ pub enum ArgsError {
     },
 }
 
+impl ArgsError {
+    /// As clap would report it: same format, usage and `--help` hint.
+    pub fn into_clap(self) -> clap::Error {
+        let kind = match self {
+            ArgsError::InvalidValue { .. } => ErrorKind::ValueValidation,
+            ArgsError::MissingKernel | ArgsError::MissingCgroupLimit => {
+                ErrorKind::MissingRequiredArgument
+            }
+            ArgsError::WrongMode { .. } => ErrorKind::ArgumentConflict,
+        };
+        Cli::command().error(kind, self)
+    }
+}
+
 /// memory.max without `--cgroup-max`: half the limit above it. The gap
 /// holds what is charged while reclaim catches up (swap-outs waiting for
 /// the disk, and fetches in flight on the kernel's async page fault
@@ -179,331 +184,155 @@ pub fn default_cgroup_max_mib(limit_mib: u64) -> u64 {
     limit_mib + limit_mib / 2
 }
 
-/// Usage text printed for `--help` and after argument errors.
-pub fn usage() -> String {
-    format!(
-        "Usage: apf-vmm --kernel IMAGE [options]
-
-Boots an arm64 Linux Image in a KVM guest with a GICv3, PSCI and a 16550 UART.
-
-Options:
-  --kernel PATH           arm64 Image to boot (required)
-  --initrd PATH           initial ramdisk
-  --cmdline STR           kernel command line (default: \"{DEFAULT_CMDLINE}\")
-  --boot dt|acpi          how the guest finds the machine: a device tree (default),
-                          or ACPI tables behind an EFI system table and memory map
-                          that a stub device tree points at; acpi adds
-                          {EFI_NORUNTIME} to the command line unless it sets efi=[no]runtime
-  --vcpus N               number of vCPUs, 1..{MAX_VCPUS} (default: {DEFAULT_VCPUS})
-  --mem MIB               guest RAM in MiB, {MIN_MEM_MIB}..{MAX_MEM_MIB} (default: {DEFAULT_MEM_MIB})
-  --mem-mode MODE         plain | uffd | cgroup (default: plain)
-  --uffd-latency-us N     uffd: delay before each page is served, 0..{MAX_UFFD_LATENCY_US} (default: 0)
-  --uffd-evict-ms N       uffd: every N ms pause the vCPUs and drop every populated
-                          page (its content is kept and served again); 0 (default)
-                          or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}
-  --cgroup-limit MIB      cgroup: memory.high of the VMM's cgroup, {MIN_CGROUP_LIMIT_MIB}..{MAX_CGROUP_LIMIT_MIB} (required):
-                          above it the kernel reclaims (swaps) and throttles the
-                          VMM instead of OOM-killing it
-  --cgroup-max MIB        cgroup: memory.max, the hard limit: a backstop above
-                          --cgroup-limit, up to {MAX_CGROUP_MAX_MIB} (default: 1.5 x --cgroup-limit);
-                          a charge there that reclaim cannot satisfy ends in an
-                          OOM kill
-  --apf on|hidden         offer asynchronous page faults or hide them (default: on)
-  --apf-irq INTID         PPI for APF PAGE_READY, 16..31 except 23 and 25..30
-                          (default: KVM's, {KVM_ASYNC_PF_DEFAULT_IRQ})
-  --api-socket PATH       take snapshot and migrate requests on this Unix socket
-                          (apf-vmm snapshot, apf-vmm migrate)
-  --quiet                 do not print statistics and informational messages
-  -h, --help              print this help
-
-Other forms (apf-vmm COMMAND --help for their options):
-  apf-vmm snapshot        save a running VM (by its --api-socket) and stop it
-  apf-vmm migrate         migrate a running VM by post-copy to apf-vmm receive
-  apf-vmm restore         run a snapshot, its RAM served lazily by userfaultfd
-  apf-vmm receive         run a VM that arrives by post-copy migration
-
-Exit status: 0 after a clean guest shutdown, 1 on a runtime error,
-2 on bad arguments or unusable input files.
-"
-    )
+/// The boot options as clap parses them; [`BootOptions::validate`] turns
+/// them into [`Args`]. The help text of each option is its first line here.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BootOptions {
+    /// arm64 Image to boot (required)
+    #[arg(long, value_name = "PATH", required = true)]
+    pub kernel: Option<PathBuf>,
+    /// initial ramdisk
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// kernel command line
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE,
+          allow_hyphen_values = true, value_parser = kernel_cmdline)]
+    pub cmdline: String,
+    /// how the guest finds the machine: a device tree, or ACPI tables behind
+    /// an EFI system table and memory map that a stub device tree points at
+    /// (acpi adds efi=noruntime to the command line unless it sets
+    /// efi=[no]runtime)
+    #[arg(long, value_enum, value_name = "dt|acpi", default_value_t = BootMode::Dt,
+          hide_possible_values = true)]
+    pub boot: BootMode,
+    /// number of vCPUs, 1..8
+    #[arg(long, value_name = "N", default_value_t = DEFAULT_VCPUS,
+          value_parser = decimal::<u8>(1, u64::from(MAX_VCPUS)))]
+    pub vcpus: u8,
+    /// guest RAM in MiB, 64..4096
+    #[arg(long = "mem", value_name = "MIB", default_value_t = DEFAULT_MEM_MIB,
+          value_parser = decimal::<u64>(MIN_MEM_MIB, MAX_MEM_MIB))]
+    pub mem_mib: u64,
+    /// how guest RAM is backed: plain, uffd (userfaultfd, pages served
+    /// late) or cgroup (swapped out by a memory cgroup's limit)
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = MemMode::Plain,
+          hide_possible_values = true)]
+    pub mem_mode: MemMode,
+    /// uffd: delay before each page is served, 0..1000000 [default: 0]
+    #[arg(long, value_name = "N",
+          value_parser = decimal::<u64>(0, MAX_UFFD_LATENCY_US))]
+    pub uffd_latency_us: Option<u64>,
+    /// uffd: every N ms pause the vCPUs and drop every populated page (its
+    /// content is kept and served again); 0 (off) or 10..600000 [default: 0]
+    #[arg(long, value_name = "N",
+          value_parser = decimal::<u64>(0, MAX_UFFD_EVICT_MS).try_map(evict_interval))]
+    pub uffd_evict_ms: Option<u64>,
+    /// cgroup: memory.high of the VMM's cgroup, 16..1048576 (required): above
+    /// it the kernel reclaims (swaps) and throttles the VMM instead of
+    /// OOM-killing it
+    #[arg(long = "cgroup-limit", value_name = "MIB",
+          required_if_eq("mem_mode", "cgroup"),
+          value_parser = decimal::<u64>(MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_LIMIT_MIB))]
+    pub cgroup_limit_mib: Option<u64>,
+    /// cgroup: memory.max, the hard limit: a backstop above --cgroup-limit,
+    /// up to 2097152 [default: 1.5 x --cgroup-limit]; a charge there that
+    /// reclaim cannot satisfy ends in an OOM kill
+    #[arg(long = "cgroup-max", value_name = "MIB",
+          value_parser = decimal::<u64>(MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_MAX_MIB))]
+    pub cgroup_max_mib: Option<u64>,
+    /// offer asynchronous page faults or hide them
+    #[arg(long, value_enum, value_name = "on|hidden", default_value_t = ApfMode::On,
+          hide_possible_values = true)]
+    pub apf: ApfMode,
+    /// PPI for APF PAGE_READY, 16..31 except 23 and 25..30 [default: KVM's, 18]
+    #[arg(long, value_name = "INTID",
+          value_parser = decimal::<u32>(u64::from(PPI_BASE_INTID), u64::from(SPI_BASE_INTID - 1))
+              .try_map(apf_intid))]
+    pub apf_irq: Option<u32>,
+    /// take snapshot and migrate requests on this Unix socket (apf-vmm
+    /// snapshot, apf-vmm migrate)
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+    /// do not print statistics and informational messages
+    #[arg(long)]
+    pub quiet: bool,
 }
 
-/// Options that take a value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Opt {
-    Kernel,
-    Initrd,
-    Cmdline,
-    Boot,
-    Vcpus,
-    Mem,
-    MemMode,
-    UffdLatency,
-    UffdEvict,
-    CgroupLimit,
-    CgroupMax,
-    Apf,
-    ApfIrq,
-    ApiSocket,
+/// A number parser: plain decimal digits (`u64::from_str` would also take
+/// a leading '+'), within `min..=max`, as a `T`.
+#[derive(Clone)]
+struct Decimal<T: TryFrom<u64>> {
+    range: RangedU64ValueParser<T>,
 }
 
-impl Opt {
-    fn name(self) -> &'static str {
-        match self {
-            Opt::Kernel => "--kernel",
-            Opt::Initrd => "--initrd",
-            Opt::Cmdline => "--cmdline",
-            Opt::Boot => "--boot",
-            Opt::Vcpus => "--vcpus",
-            Opt::Mem => "--mem",
-            Opt::MemMode => "--mem-mode",
-            Opt::UffdLatency => "--uffd-latency-us",
-            Opt::UffdEvict => "--uffd-evict-ms",
-            Opt::CgroupLimit => "--cgroup-limit",
-            Opt::CgroupMax => "--cgroup-max",
-            Opt::Apf => "--apf",
-            Opt::ApfIrq => "--apf-irq",
-            Opt::ApiSocket => "--api-socket",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Opt> {
-        const ALL: [Opt; 14] = [
-            Opt::Kernel,
-            Opt::Initrd,
-            Opt::Cmdline,
-            Opt::Boot,
-            Opt::Vcpus,
-            Opt::Mem,
-            Opt::MemMode,
-            Opt::UffdLatency,
-            Opt::UffdEvict,
-            Opt::CgroupLimit,
-            Opt::CgroupMax,
-            Opt::Apf,
-            Opt::ApfIrq,
-            Opt::ApiSocket,
-        ];
-        ALL.into_iter().find(|o| o.name() == name)
-    }
-}
-
-/// Values as collected, before cross-checks.
-#[derive(Default)]
-struct Raw {
-    kernel: Option<PathBuf>,
-    initrd: Option<PathBuf>,
-    cmdline: Option<String>,
-    boot: Option<BootMode>,
-    vcpus: Option<u8>,
-    mem_mib: Option<u64>,
-    mem_mode: Option<MemMode>,
-    uffd_latency_us: Option<u64>,
-    uffd_evict_ms: Option<u64>,
-    cgroup_limit_mib: Option<u64>,
-    cgroup_max_mib: Option<u64>,
-    apf: Option<ApfMode>,
-    apf_irq: Option<u32>,
-    api_socket: Option<PathBuf>,
-    quiet: bool,
-}
-
-fn invalid(option: Opt, value: &str, reason: impl Into<String>) -> ArgsError {
-    ArgsError::InvalidValue {
-        option: option.name(),
-        value: value.to_string(),
-        reason: reason.into(),
-    }
-}
-
-fn utf8(option: Opt, value: &OsStr) -> Result<String, ArgsError> {
-    value
-        .to_str()
-        .map(str::to_string)
-        .ok_or_else(|| invalid(option, &value.to_string_lossy(), "not valid UTF-8"))
-}
-
-fn path(option: Opt, value: &OsStr) -> Result<PathBuf, ArgsError> {
-    if value.is_empty() {
-        return Err(invalid(option, "", "empty path"));
-    }
-    Ok(PathBuf::from(value))
-}
-
-/// Parses an unsigned decimal number within `min..=max`.
-fn number(option: Opt, value: &OsStr, min: u64, max: u64) -> Result<u64, ArgsError> {
-    let text = utf8(option, value)?;
-    // `u64::from_str` accepts a leading '+'; a plain digit string is clearer.
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(invalid(option, &text, "not a decimal number"));
-    }
-    let n: u64 = text
-        .parse()
-        .map_err(|_| invalid(option, &text, "number too large"))?;
-    if n < min || n > max {
-        return Err(invalid(option, &text, format!("must be {min}..{max}")));
-    }
-    Ok(n)
-}
-
-fn set_once<T>(slot: &mut Option<T>, opt: Opt, value: T) -> Result<(), ArgsError> {
-    if slot.is_some() {
-        return Err(ArgsError::Duplicate(opt.name()));
-    }
-    *slot = Some(value);
-    Ok(())
-}
-
-fn apply(raw: &mut Raw, opt: Opt, value: &OsStr) -> Result<(), ArgsError> {
-    match opt {
-        Opt::Kernel => set_once(&mut raw.kernel, opt, path(opt, value)?),
-        Opt::Initrd => set_once(&mut raw.initrd, opt, path(opt, value)?),
-        Opt::ApiSocket => set_once(&mut raw.api_socket, opt, path(opt, value)?),
-        Opt::Cmdline => set_once(&mut raw.cmdline, opt, utf8(opt, value)?),
-        Opt::Vcpus => {
-            let n = number(opt, value, 1, u64::from(MAX_VCPUS))?;
-            let n =
-                u8::try_from(n).map_err(|_| invalid(opt, &value.to_string_lossy(), "too large"))?;
-            set_once(&mut raw.vcpus, opt, n)
-        }
-        Opt::Mem => {
-            let n = number(opt, value, MIN_MEM_MIB, MAX_MEM_MIB)?;
-            set_once(&mut raw.mem_mib, opt, n)
-        }
-        Opt::UffdLatency => {
-            let n = number(opt, value, 0, MAX_UFFD_LATENCY_US)?;
-            set_once(&mut raw.uffd_latency_us, opt, n)
-        }
-        Opt::UffdEvict => {
-            let n = number(opt, value, 0, MAX_UFFD_EVICT_MS)?;
-            if n != 0 && n < MIN_UFFD_EVICT_MS {
-                return Err(invalid(
-                    opt,
-                    &n.to_string(),
-                    format!("must be 0 (off) or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}"),
-                ));
-            }
-            set_once(&mut raw.uffd_evict_ms, opt, n)
-        }
-        Opt::CgroupLimit => {
-            let n = number(opt, value, MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_LIMIT_MIB)?;
-            set_once(&mut raw.cgroup_limit_mib, opt, n)
-        }
-        Opt::CgroupMax => {
-            let n = number(opt, value, MIN_CGROUP_LIMIT_MIB, MAX_CGROUP_MAX_MIB)?;
-            set_once(&mut raw.cgroup_max_mib, opt, n)
-        }
-        Opt::MemMode => {
-            let text = utf8(opt, value)?;
-            let mode = match text.as_str() {
-                "plain" => MemMode::Plain,
-                "uffd" => MemMode::Uffd,
-                "cgroup" => MemMode::Cgroup,
-                _ => return Err(invalid(opt, &text, "expected plain, uffd or cgroup")),
-            };
-            set_once(&mut raw.mem_mode, opt, mode)
-        }
-        Opt::Boot => {
-            let text = utf8(opt, value)?;
-            let mode = match text.as_str() {
-                "dt" => BootMode::Dt,
-                "acpi" => BootMode::Acpi,
-                _ => return Err(invalid(opt, &text, "expected dt or acpi")),
-            };
-            set_once(&mut raw.boot, opt, mode)
-        }
-        Opt::Apf => {
-            let text = utf8(opt, value)?;
-            let mode = match text.as_str() {
-                "on" => ApfMode::On,
-                "hidden" => ApfMode::Hidden,
-                _ => return Err(invalid(opt, &text, "expected on or hidden")),
-            };
-            set_once(&mut raw.apf, opt, mode)
-        }
-        Opt::ApfIrq => {
-            let n = number(
-                opt,
-                value,
-                u64::from(PPI_BASE_INTID),
-                u64::from(SPI_BASE_INTID - 1),
-            )?;
-            // In range 16..=31, so the conversion cannot fail.
-            let intid = u32::try_from(n).unwrap_or(u32::MAX);
-            if reserved_ppi_intids().contains(&intid) {
-                return Err(invalid(
-                    opt,
-                    &n.to_string(),
-                    "used by the PMU, the vGIC maintenance interrupt or a timer",
-                ));
-            }
-            set_once(&mut raw.apf_irq, opt, intid)
-        }
-    }
-}
-
-/// Parses the arguments that follow the program name.
-pub fn parse<I>(args: I) -> Result<Command, ArgsError>
+fn decimal<T>(min: u64, max: u64) -> Decimal<T>
 where
-    I: IntoIterator<Item = OsString>,
+    T: TryFrom<u64> + Clone + Send + Sync,
 {
-    let mut raw = Raw::default();
-    let mut iter = args.into_iter();
-
-    while let Some(arg) = iter.next() {
-        let Some(text) = arg.to_str() else {
-            return Err(ArgsError::UnexpectedArgument(
-                arg.to_string_lossy().into_owned(),
-            ));
-        };
-        if text == "-h" || text == "--help" {
-            return Ok(Command::Help);
-        }
-        if !text.starts_with("--") {
-            return Err(ArgsError::UnexpectedArgument(text.to_string()));
-        }
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) => (n, Some(OsString::from(v))),
-            None => (text, None),
-        };
-        if name == "--quiet" {
-            if inline.is_some() {
-                return Err(ArgsError::UnexpectedValue("--quiet"));
-            }
-            if raw.quiet {
-                return Err(ArgsError::Duplicate("--quiet"));
-            }
-            raw.quiet = true;
-            continue;
-        }
-        let opt = Opt::from_name(name).ok_or_else(|| ArgsError::UnknownOption(name.to_string()))?;
-        let value = match inline {
-            Some(v) => v,
-            None => iter.next().ok_or(ArgsError::MissingValue(opt.name()))?,
-        };
-        apply(&mut raw, opt, &value)?;
+    Decimal {
+        range: RangedU64ValueParser::new().range(min..=max),
     }
+}
 
-    finish(raw).map(|a| Command::Run(Box::new(a)))
+impl<T> TypedValueParser for Decimal<T>
+where
+    T: TryFrom<u64> + Clone + Send + Sync + 'static,
+    <T as TryFrom<u64>>::Error: Send + Sync + 'static + std::error::Error + ToString,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        if value.as_encoded_bytes().first() == Some(&b'+') {
+            let mut e = clap::Error::new(ErrorKind::ValueValidation).with_cmd(cmd);
+            let name = arg.map_or_else(|| "...".to_string(), ToString::to_string);
+            e.insert(ContextKind::InvalidArg, ContextValue::String(name));
+            let value = value.to_string_lossy().into_owned();
+            e.insert(ContextKind::InvalidValue, ContextValue::String(value));
+            return Err(e);
+        }
+        self.range.parse_ref(cmd, arg, value)
+    }
+}
+
+/// `--uffd-evict-ms`: 0 (off), or at least `MIN_UFFD_EVICT_MS`.
+fn evict_interval(ms: u64) -> Result<u64, String> {
+    if ms != 0 && ms < MIN_UFFD_EVICT_MS {
+        return Err(format!(
+            "must be 0 (off) or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}"
+        ));
+    }
+    Ok(ms)
+}
+
+/// `--apf-irq`: a PPI nobody else owns.
+fn apf_intid(intid: u32) -> Result<u32, &'static str> {
+    if reserved_ppi_intids().contains(&intid) {
+        return Err("used by the PMU, the vGIC maintenance interrupt or a timer");
+    }
+    Ok(intid)
 }
 
 /// Validates the command line with linux-loader and returns it as the
 /// kernel will see it.
-fn kernel_cmdline(text: &str) -> Result<String, ArgsError> {
-    let bad = |reason: String| invalid(Opt::Cmdline, text, reason);
+fn kernel_cmdline(text: &str) -> Result<String, String> {
     // One byte is needed for the terminating NUL.
     if text.len() >= CMDLINE_CAPACITY {
-        return Err(bad(format!(
+        return Err(format!(
             "{} bytes, the arm64 limit is {}",
             text.len(),
             CMDLINE_CAPACITY - 1
-        )));
+        ));
     }
-    let cmdline = Cmdline::try_from(text, CMDLINE_CAPACITY).map_err(|e| bad(e.to_string()))?;
-    let cstring = cmdline.as_cstring().map_err(|e| bad(e.to_string()))?;
+    let cmdline = Cmdline::try_from(text, CMDLINE_CAPACITY).map_err(|e| e.to_string())?;
+    let cstring = cmdline.as_cstring().map_err(|e| e.to_string())?;
     cstring
         .into_string()
-        .map_err(|_| bad("not valid UTF-8".to_string()))
+        .map_err(|_| "not valid UTF-8".to_string())
 }
 
 /// Whether the command line already chooses about EFI runtime services
@@ -527,96 +356,120 @@ fn acpi_cmdline(cmdline: String) -> Result<String, ArgsError> {
     } else {
         format!("{cmdline} {EFI_NORUNTIME}")
     };
+    let invalid = |reason: String| ArgsError::InvalidValue {
+        option: "--cmdline",
+        value: cmdline.clone(),
+        reason,
+    };
     if text.len() >= CMDLINE_CAPACITY {
-        return Err(invalid(
-            Opt::Cmdline,
-            &cmdline,
-            format!(
-                "{} bytes with the '{EFI_NORUNTIME}' that --boot acpi adds, the arm64 limit is {}",
-                text.len(),
-                CMDLINE_CAPACITY - 1
-            ),
-        ));
+        return Err(invalid(format!(
+            "{} bytes with the '{EFI_NORUNTIME}' that --boot acpi adds, the arm64 limit is {}",
+            text.len(),
+            CMDLINE_CAPACITY - 1
+        )));
     }
-    kernel_cmdline(&text)
+    kernel_cmdline(&text).map_err(invalid)
 }
 
-fn finish(raw: Raw) -> Result<Args, ArgsError> {
-    let kernel = raw.kernel.ok_or(ArgsError::MissingKernel)?;
-    let mem_mode = raw.mem_mode.unwrap_or(MemMode::Plain);
+impl BootOptions {
+    /// The checks clap cannot make, and the options as the VMM uses them.
+    pub fn validate(self) -> Result<Args, ArgsError> {
+        let kernel = self.kernel.ok_or(ArgsError::MissingKernel)?;
+        let mem_mode = self.mem_mode;
 
-    if mem_mode != MemMode::Uffd {
-        if raw.uffd_latency_us.is_some() {
-            return Err(ArgsError::WrongMode {
-                option: Opt::UffdLatency.name(),
-                mode: "uffd",
-            });
+        if mem_mode != MemMode::Uffd {
+            for (given, option) in [
+                (self.uffd_latency_us.is_some(), "--uffd-latency-us"),
+                (self.uffd_evict_ms.is_some(), "--uffd-evict-ms"),
+            ] {
+                if given {
+                    return Err(ArgsError::WrongMode {
+                        option,
+                        mode: "uffd",
+                    });
+                }
+            }
         }
-        if raw.uffd_evict_ms.is_some() {
-            return Err(ArgsError::WrongMode {
-                option: Opt::UffdEvict.name(),
-                mode: "uffd",
-            });
-        }
+        let cgroup_max_mib = match (mem_mode, self.cgroup_limit_mib, self.cgroup_max_mib) {
+            (MemMode::Cgroup, None, _) => return Err(ArgsError::MissingCgroupLimit),
+            (MemMode::Cgroup, Some(limit), Some(max)) if max < limit => {
+                return Err(ArgsError::InvalidValue {
+                    option: "--cgroup-max",
+                    value: max.to_string(),
+                    reason: format!("below --cgroup-limit ({limit})"),
+                });
+            }
+            (MemMode::Cgroup, Some(limit), max) => {
+                Some(max.unwrap_or(default_cgroup_max_mib(limit)))
+            }
+            (MemMode::Plain | MemMode::Uffd, Some(_), _) => {
+                return Err(ArgsError::WrongMode {
+                    option: "--cgroup-limit",
+                    mode: "cgroup",
+                });
+            }
+            (MemMode::Plain | MemMode::Uffd, None, Some(_)) => {
+                return Err(ArgsError::WrongMode {
+                    option: "--cgroup-max",
+                    mode: "cgroup",
+                });
+            }
+            (MemMode::Plain | MemMode::Uffd, None, None) => None,
+        };
+
+        let cmdline = match self.boot {
+            BootMode::Dt => self.cmdline,
+            BootMode::Acpi => acpi_cmdline(self.cmdline)?,
+        };
+
+        Ok(Args {
+            kernel,
+            initrd: self.initrd,
+            cmdline,
+            boot: self.boot,
+            vcpus: self.vcpus,
+            mem_mib: self.mem_mib,
+            mem_mode,
+            uffd: UffdOptions {
+                latency_us: self.uffd_latency_us.unwrap_or(0),
+                evict_ms: self.uffd_evict_ms.unwrap_or(0),
+            },
+            cgroup_limit_mib: self.cgroup_limit_mib,
+            cgroup_max_mib,
+            apf: self.apf,
+            apf_irq: self.apf_irq,
+            quiet: self.quiet,
+            api_socket: self.api_socket,
+        })
     }
-    let cgroup_max_mib = match (mem_mode, raw.cgroup_limit_mib, raw.cgroup_max_mib) {
-        (MemMode::Cgroup, None, _) => return Err(ArgsError::MissingCgroupLimit),
-        (MemMode::Cgroup, Some(limit), Some(max)) if max < limit => {
-            return Err(invalid(
-                Opt::CgroupMax,
-                &max.to_string(),
-                format!("below --cgroup-limit ({limit})"),
-            ));
-        }
-        (MemMode::Cgroup, Some(limit), max) => Some(max.unwrap_or(default_cgroup_max_mib(limit))),
-        (MemMode::Plain | MemMode::Uffd, Some(_), _) => {
-            return Err(ArgsError::WrongMode {
-                option: Opt::CgroupLimit.name(),
-                mode: "cgroup",
-            });
-        }
-        (MemMode::Plain | MemMode::Uffd, None, Some(_)) => {
-            return Err(ArgsError::WrongMode {
-                option: Opt::CgroupMax.name(),
-                mode: "cgroup",
-            });
-        }
-        (MemMode::Plain | MemMode::Uffd, None, None) => None,
-    };
+}
 
-    let boot = raw.boot.unwrap_or(BootMode::Dt);
-    let mut cmdline = kernel_cmdline(raw.cmdline.as_deref().unwrap_or(DEFAULT_CMDLINE))?;
-    if boot == BootMode::Acpi {
-        cmdline = acpi_cmdline(cmdline)?;
+/// Parses the arguments that follow the program name. `--help` and the
+/// errors come back as clap errors: print them with `print`, and exit
+/// with 0 if `use_stderr` is false (help), with `EXIT_USAGE` otherwise.
+pub fn parse<I, T>(args: I) -> Result<Command, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString>,
+{
+    let argv = std::iter::once(OsString::from("apf-vmm")).chain(args.into_iter().map(Into::into));
+    let cli = Cli::try_parse_from(argv)?;
+    match cli.command {
+        Some(command) => Ok(Command::Move(command)),
+        None => cli
+            .boot
+            .validate()
+            .map(|a| Command::Run(Box::new(a)))
+            .map_err(ArgsError::into_clap),
     }
-
-    Ok(Args {
-        kernel,
-        initrd: raw.initrd,
-        cmdline,
-        boot,
-        vcpus: raw.vcpus.unwrap_or(DEFAULT_VCPUS),
-        mem_mib: raw.mem_mib.unwrap_or(DEFAULT_MEM_MIB),
-        mem_mode,
-        uffd: UffdOptions {
-            latency_us: raw.uffd_latency_us.unwrap_or(0),
-            evict_ms: raw.uffd_evict_ms.unwrap_or(0),
-        },
-        cgroup_limit_mib: raw.cgroup_limit_mib,
-        cgroup_max_mib,
-        apf: raw.apf.unwrap_or(ApfMode::On),
-        apf_irq: raw.apf_irq,
-        quiet: raw.quiet,
-        api_socket: raw.api_socket,
-    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn parse_strs(args: &[&str]) -> Result<Command, ArgsError> {
-        parse(args.iter().map(OsString::from))
+    fn parse_strs(args: &[&str]) -> Result<Command, clap::Error> {
+        parse(args.iter().copied())
     }
 
     fn run_args(args: &[&str]) -> Args {
@@ -626,18 +479,48 @@ mod tests {
         }
     }
 
-    fn err(args: &[&str]) -> ArgsError {
+    /// The error clap (or `validate`, through [`ArgsError::into_clap`]) gives.
+    fn err(args: &[&str]) -> clap::Error {
         match parse_strs(args) {
             Err(e) => e,
             Ok(c) => panic!("expected an error for {args:?}, got {c:?}"),
         }
     }
 
-    fn invalid_option(e: ArgsError) -> &'static str {
-        match e {
-            ArgsError::InvalidValue { option, .. } => option,
-            other => panic!("expected InvalidValue, got {other:?}"),
+    /// The option a clap error names ("--vcpus" of "--vcpus <N>").
+    fn rejected(e: &clap::Error) -> String {
+        match e.get(ContextKind::InvalidArg) {
+            Some(ContextValue::String(s)) => s.split(' ').next().unwrap_or_default().to_string(),
+            other => panic!("no invalid argument in {e:?}: {other:?}"),
         }
+    }
+
+    /// The option whose value clap refuses.
+    fn invalid_option(args: &[&str]) -> String {
+        let e = err(args);
+        assert!(
+            matches!(
+                e.kind(),
+                ErrorKind::ValueValidation | ErrorKind::InvalidValue
+            ),
+            "{args:?}: {e}"
+        );
+        rejected(&e)
+    }
+
+    /// What `validate` refuses, after clap accepted the line.
+    fn refused(args: &[&str]) -> ArgsError {
+        let cli = Cli::try_parse_from(std::iter::once("apf-vmm").chain(args.iter().copied()))
+            .unwrap_or_else(|e| panic!("clap refused {args:?}: {e}"));
+        let e = cli.boot.validate().unwrap_err();
+        // And `parse` reports it as a usage error.
+        assert!(err(args).use_stderr());
+        e
+    }
+
+    #[test]
+    fn definitions_are_consistent() {
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -655,6 +538,7 @@ mod tests {
         assert_eq!(a.cgroup_max_mib, None);
         assert_eq!(a.apf, ApfMode::On);
         assert_eq!(a.apf_irq, None);
+        assert_eq!(a.api_socket, None);
         assert!(!a.quiet);
     }
 
@@ -675,10 +559,14 @@ mod tests {
             "uffd",
             "--uffd-latency-us",
             "250",
+            "--uffd-evict-ms",
+            "3000",
             "--apf",
             "hidden",
             "--apf-irq",
             "31",
+            "--api-socket",
+            "/run/vm.sock",
             "--quiet",
         ]);
         assert_eq!(a.kernel, PathBuf::from("k"));
@@ -689,9 +577,24 @@ mod tests {
         assert_eq!(a.mem_mib, 4096);
         assert_eq!(a.mem_mode, MemMode::Uffd);
         assert_eq!(a.uffd.latency_us, 250);
+        assert_eq!(a.uffd.evict_ms, 3000);
         assert_eq!(a.apf, ApfMode::Hidden);
         assert_eq!(a.apf_irq, Some(31));
+        assert_eq!(a.api_socket, Some(PathBuf::from("/run/vm.sock")));
         assert!(a.quiet);
+    }
+
+    #[test]
+    fn uffd_source_is_gone() {
+        let e = err(&[
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "uffd",
+            "--uffd-source",
+            "ram.img",
+        ]);
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
     }
 
     #[test]
@@ -732,33 +635,42 @@ mod tests {
             "--cgroup-limit",
             "64",
         ];
-        for bad in ["63", "15", "2097153", "x"] {
+        for bad in ["15", "2097153", "x", "+64"] {
             let mut args = cg.to_vec();
             args.extend(["--cgroup-max", bad]);
-            assert_eq!(invalid_option(err(&args)), "--cgroup-max", "value {bad:?}");
+            assert_eq!(invalid_option(&args), "--cgroup-max", "value {bad:?}");
         }
+        // Below the limit: `validate`'s check.
+        let mut args = cg.to_vec();
+        args.extend(["--cgroup-max", "63"]);
+        assert_eq!(
+            refused(&args),
+            ArgsError::InvalidValue {
+                option: "--cgroup-max",
+                value: "63".into(),
+                reason: "below --cgroup-limit (64)".into(),
+            }
+        );
         let mut args = cg.to_vec();
         args.extend(["--cgroup-max", "2097152"]);
         assert_eq!(run_args(&args).cgroup_max_mib, Some(2 << 20));
         assert_eq!(
-            err(&["--kernel", "k", "--cgroup-max", "64"]),
+            refused(&["--kernel", "k", "--cgroup-max", "64"]),
             ArgsError::WrongMode {
                 option: "--cgroup-max",
                 mode: "cgroup"
             }
         );
-        assert_eq!(
-            err(&[
-                "--kernel",
-                "k",
-                "--mem-mode",
-                "cgroup",
-                "--cgroup-max",
-                "64"
-            ]),
-            ArgsError::MissingCgroupLimit
-        );
-        assert!(usage().contains("--cgroup-max"));
+        let e = err(&[
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "cgroup",
+            "--cgroup-max",
+            "64",
+        ]);
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--cgroup-limit"), "{e}");
     }
 
     #[test]
@@ -776,93 +688,130 @@ mod tests {
             "  console=ttyS0 -- init arg  ",
         ]);
         assert_eq!(a.cmdline, "console=ttyS0 -- init arg");
+        // The value is taken as it is, even if it starts with a dash.
+        let a = run_args(&["--kernel", "k", "--cmdline", "-- init arg"]);
+        assert_eq!(a.cmdline, "-- init arg");
+        assert_eq!(run_args(&["--kernel", "k", "--cmdline", ""]).cmdline, "");
         let max = "x".repeat(CMDLINE_CAPACITY - 1);
         assert_eq!(run_args(&["--kernel", "k", "--cmdline", &max]).cmdline, max);
         let long = "x".repeat(CMDLINE_CAPACITY);
         assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--cmdline", &long])),
+            invalid_option(&["--kernel", "k", "--cmdline", &long]),
             "--cmdline"
         );
         assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--cmdline", "a\0b"])),
+            invalid_option(&["--kernel", "k", "--cmdline", "a\0b"]),
             "--cmdline"
         );
     }
 
     #[test]
     fn help() {
-        assert_eq!(parse_strs(&["--help"]), Ok(Command::Help));
-        assert_eq!(parse_strs(&["--kernel", "k", "-h"]), Ok(Command::Help));
-        assert!(usage().contains("--uffd-latency-us"));
+        for args in [&["--help"][..], &["-h"], &["--kernel", "k", "-h"]] {
+            let e = err(args);
+            assert_eq!(e.kind(), ErrorKind::DisplayHelp, "{args:?}");
+            assert!(!e.use_stderr());
+        }
+        let text = Cli::command().render_help().to_string();
+        assert!(
+            text.starts_with("Usage: apf-vmm --kernel IMAGE [options]\n"),
+            "{text}"
+        );
+        // Every option, with its description on the same line.
+        for opt in Cli::command().get_arguments() {
+            let long = format!("--{}", opt.get_long().unwrap());
+            let line = text
+                .lines()
+                .find(|l| l.trim_start().starts_with(&long) || l.contains(&format!(", {long}")))
+                .unwrap_or_else(|| panic!("no {long} in\n{text}"));
+            let described = line.split("  ").filter(|w| !w.trim().is_empty()).count() >= 2;
+            assert!(described, "{long} has no description: {line:?}");
+        }
+        for words in [
+            "--boot <dt|acpi>".to_string(),
+            format!("1..{MAX_VCPUS} [default: {DEFAULT_VCPUS}]"),
+            format!("{MIN_MEM_MIB}..{MAX_MEM_MIB} [default: {DEFAULT_MEM_MIB}]"),
+            format!("0..{MAX_UFFD_LATENCY_US} [default: 0]"),
+            format!("0 (off) or {MIN_UFFD_EVICT_MS}..{MAX_UFFD_EVICT_MS}"),
+            format!("{MIN_CGROUP_LIMIT_MIB}..{MAX_CGROUP_LIMIT_MIB} (required)"),
+            format!("up to {MAX_CGROUP_MAX_MIB} "),
+            format!("[default: \"{DEFAULT_CMDLINE}\"]"),
+            format!("[default: KVM's, {}]", crate::apf::KVM_ASYNC_PF_DEFAULT_IRQ),
+            "snapshot".to_string(),
+            "receive".to_string(),
+            "Exit status".to_string(),
+        ] {
+            assert!(text.contains(&words), "help lacks {words:?}:\n{text}");
+        }
     }
 
     #[test]
     fn missing_kernel() {
-        assert_eq!(err(&[]), ArgsError::MissingKernel);
-        assert_eq!(err(&["--vcpus", "2"]), ArgsError::MissingKernel);
+        for args in [&[][..], &["--vcpus", "2"]] {
+            let e = err(args);
+            assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+            assert!(e.to_string().contains("--kernel"), "{e}");
+        }
+        // `validate` does not trust clap on it.
+        let mut cli = Cli::try_parse_from(["apf-vmm", "--kernel", "k"]).unwrap();
+        cli.boot.kernel = None;
+        assert_eq!(cli.boot.validate(), Err(ArgsError::MissingKernel));
     }
 
     #[test]
     fn unknown_and_positional() {
-        assert_eq!(
-            err(&["--kernel", "k", "--bogus", "1"]),
-            ArgsError::UnknownOption("--bogus".into())
-        );
-        assert_eq!(
-            err(&["Image"]),
-            ArgsError::UnexpectedArgument("Image".into())
-        );
-        assert_eq!(err(&["-k"]), ArgsError::UnexpectedArgument("-k".into()));
-    }
-
-    #[test]
-    fn uffd_source_is_gone() {
-        assert_eq!(
-            err(&["--kernel", "k", "--mem-mode", "uffd", "--uffd-source", "x"]),
-            ArgsError::UnknownOption("--uffd-source".into())
-        );
-        assert!(!usage().contains("--uffd-source"));
+        let e = err(&["--kernel", "k", "--bogus", "1"]);
+        assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+        assert_eq!(rejected(&e), "--bogus");
+        assert_eq!(err(&["Image"]).kind(), ErrorKind::InvalidSubcommand);
+        let e = err(&["--kernel", "k", "Image"]);
+        assert!(e.use_stderr() && e.to_string().contains("'Image'"), "{e}");
+        assert_eq!(err(&["-k"]).kind(), ErrorKind::UnknownArgument);
+        // No prefixes of long options.
+        assert_eq!(err(&["--kern", "k"]).kind(), ErrorKind::UnknownArgument);
+        // Neither --version nor a help command.
+        assert_eq!(err(&["--version"]).kind(), ErrorKind::UnknownArgument);
+        assert_eq!(err(&["help"]).kind(), ErrorKind::InvalidSubcommand);
     }
 
     #[test]
     fn missing_value() {
-        assert_eq!(err(&["--kernel"]), ArgsError::MissingValue("--kernel"));
-        assert_eq!(
-            err(&["--kernel", "k", "--vcpus"]),
-            ArgsError::MissingValue("--vcpus")
-        );
+        assert_eq!(invalid_option(&["--kernel"]), "--kernel");
+        assert_eq!(invalid_option(&["--kernel", "k", "--vcpus"]), "--vcpus");
     }
 
     #[test]
     fn duplicates() {
-        assert_eq!(
-            err(&["--kernel", "a", "--kernel", "b"]),
-            ArgsError::Duplicate("--kernel")
-        );
-        assert_eq!(
-            err(&["--kernel", "a", "--quiet", "--quiet"]),
-            ArgsError::Duplicate("--quiet")
-        );
-        assert_eq!(
-            err(&["--kernel", "a", "--mem", "64", "--mem=128"]),
-            ArgsError::Duplicate("--mem")
-        );
+        for (args, option) in [
+            (&["--kernel", "a", "--kernel", "b"][..], "--kernel"),
+            (&["--kernel", "a", "--quiet", "--quiet"], "--quiet"),
+            (&["--kernel", "a", "--mem", "64", "--mem=128"], "--mem"),
+        ] {
+            let e = err(args);
+            assert_eq!(e.kind(), ErrorKind::ArgumentConflict, "{args:?}");
+            assert_eq!(rejected(&e), option);
+        }
     }
 
     #[test]
     fn quiet_takes_no_value() {
-        assert_eq!(
-            err(&["--kernel", "a", "--quiet=yes"]),
-            ArgsError::UnexpectedValue("--quiet")
-        );
+        let e = err(&["--kernel", "a", "--quiet=yes"]);
+        assert!(e.to_string().contains("'--quiet'"), "{e}");
     }
 
     #[test]
     fn vcpus_range() {
         assert_eq!(run_args(&["--kernel", "k", "--vcpus", "1"]).vcpus, 1);
-        for bad in ["0", "9", "-1", "two", "", "+2", "99999999999999999999999"] {
+        assert_eq!(run_args(&["--kernel", "k", "--vcpus=8"]).vcpus, 8);
+        // A value that starts with a dash is taken for an option.
+        let e = err(&["--kernel", "k", "--vcpus", "-1"]);
+        assert_eq!(
+            (e.kind(), rejected(&e)),
+            (ErrorKind::UnknownArgument, "-1".into())
+        );
+        for bad in ["0", "9", "two", "", "+2", "99999999999999999999999"] {
             assert_eq!(
-                invalid_option(err(&["--kernel", "k", "--vcpus", bad])),
+                invalid_option(&["--kernel", "k", "--vcpus", bad]),
                 "--vcpus",
                 "value {bad:?}"
             );
@@ -872,9 +821,9 @@ mod tests {
     #[test]
     fn mem_range() {
         assert_eq!(run_args(&["--kernel", "k", "--mem", "64"]).mem_mib, 64);
-        for bad in ["63", "4097", "0", "1G", "512M"] {
+        for bad in ["63", "4097", "0", "1G", "512M", "+512"] {
             assert_eq!(
-                invalid_option(err(&["--kernel", "k", "--mem", bad])),
+                invalid_option(&["--kernel", "k", "--mem", bad]),
                 "--mem",
                 "value {bad:?}"
             );
@@ -883,27 +832,36 @@ mod tests {
 
     #[test]
     fn mem_mode_values() {
-        assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--mem-mode", "swap"])),
-            "--mem-mode"
-        );
-        assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--mem-mode", "UFFD"])),
-            "--mem-mode"
-        );
+        for (text, mode) in [
+            ("plain", MemMode::Plain),
+            ("uffd", MemMode::Uffd),
+            ("cgroup", MemMode::Cgroup),
+        ] {
+            let mut args = vec!["--kernel", "k", "--mem-mode", text];
+            if mode == MemMode::Cgroup {
+                args.extend(["--cgroup-limit", "64"]);
+            }
+            assert_eq!(run_args(&args).mem_mode, mode);
+        }
+        for bad in ["swap", "UFFD", ""] {
+            assert_eq!(
+                invalid_option(&["--kernel", "k", "--mem-mode", bad]),
+                "--mem-mode"
+            );
+        }
     }
 
     #[test]
     fn uffd_latency_range() {
         assert_eq!(
-            invalid_option(err(&[
+            invalid_option(&[
                 "--kernel",
                 "k",
                 "--mem-mode",
                 "uffd",
                 "--uffd-latency-us",
                 "1000001"
-            ])),
+            ]),
             "--uffd-latency-us"
         );
         let a = run_args(&[
@@ -920,10 +878,19 @@ mod tests {
     #[test]
     fn uffd_evict_range() {
         let base = ["--kernel", "k", "--mem-mode", "uffd", "--uffd-evict-ms"];
-        for bad in ["1", "9", "600001", "-5", "1.5", ""] {
+        assert!(err(&[
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "uffd",
+            "--uffd-evict-ms",
+            "-5"
+        ])
+        .use_stderr());
+        for bad in ["1", "9", "600001", "1.5", "", "+10"] {
             let mut v = base.to_vec();
             v.push(bad);
-            assert_eq!(invalid_option(err(&v)), "--uffd-evict-ms", "{bad}");
+            assert_eq!(invalid_option(&v), "--uffd-evict-ms", "{bad}");
         }
         for (good, want) in [("0", 0), ("10", 10), ("1500", 1500), ("600000", 600_000)] {
             let mut v = base.to_vec();
@@ -937,35 +904,34 @@ mod tests {
             0
         );
         assert_eq!(
-            err(&["--kernel", "k", "--uffd-evict-ms", "100"]),
+            refused(&["--kernel", "k", "--uffd-evict-ms", "100"]),
             ArgsError::WrongMode {
                 option: "--uffd-evict-ms",
                 mode: "uffd"
             }
         );
-        assert_eq!(
-            err(&[
-                "--kernel",
-                "k",
-                "--mem-mode=uffd",
-                "--uffd-evict-ms=100",
-                "--uffd-evict-ms=200"
-            ]),
-            ArgsError::Duplicate("--uffd-evict-ms")
-        );
+        let e = err(&[
+            "--kernel",
+            "k",
+            "--mem-mode=uffd",
+            "--uffd-evict-ms=100",
+            "--uffd-evict-ms=200",
+        ]);
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(rejected(&e), "--uffd-evict-ms");
     }
 
     #[test]
     fn options_of_other_modes_rejected() {
         assert_eq!(
-            err(&["--kernel", "k", "--uffd-latency-us", "10"]),
+            refused(&["--kernel", "k", "--uffd-latency-us", "10"]),
             ArgsError::WrongMode {
                 option: "--uffd-latency-us",
                 mode: "uffd"
             }
         );
         assert_eq!(
-            err(&[
+            refused(&[
                 "--kernel",
                 "k",
                 "--mem-mode",
@@ -981,7 +947,7 @@ mod tests {
             }
         );
         assert_eq!(
-            err(&[
+            refused(&[
                 "--kernel",
                 "k",
                 "--mem-mode",
@@ -994,24 +960,42 @@ mod tests {
                 mode: "cgroup"
             }
         );
+        // As the user sees it.
+        let text = err(&["--kernel", "k", "--uffd-latency-us", "10"]).to_string();
+        assert!(
+            text.contains("--uffd-latency-us only applies to --mem-mode uffd"),
+            "{text}"
+        );
     }
 
     #[test]
     fn cgroup_limit_required_and_ranged() {
-        assert_eq!(
-            err(&["--kernel", "k", "--mem-mode", "cgroup"]),
-            ArgsError::MissingCgroupLimit
-        );
+        let e = err(&["--kernel", "k", "--mem-mode", "cgroup"]);
+        assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
+        assert!(e.to_string().contains("--cgroup-limit"), "{e}");
+        // `validate` does not trust clap on it.
+        let mut cli = Cli::try_parse_from([
+            "apf-vmm",
+            "--kernel",
+            "k",
+            "--mem-mode",
+            "cgroup",
+            "--cgroup-limit",
+            "64",
+        ])
+        .unwrap();
+        cli.boot.cgroup_limit_mib = None;
+        assert_eq!(cli.boot.validate(), Err(ArgsError::MissingCgroupLimit));
         for bad in ["15", "0", "1048577", "lots"] {
             assert_eq!(
-                invalid_option(err(&[
+                invalid_option(&[
                     "--kernel",
                     "k",
                     "--mem-mode",
                     "cgroup",
                     "--cgroup-limit",
                     bad
-                ])),
+                ]),
                 "--cgroup-limit",
                 "value {bad:?}"
             );
@@ -1031,24 +1015,14 @@ mod tests {
         assert_eq!(a.cmdline, format!("{DEFAULT_CMDLINE} efi=noruntime"));
         for bad in ["ACPI", "uefi", "", "dt,acpi", "acpi "] {
             assert_eq!(
-                err(&["--kernel", "k", "--boot", bad]),
-                ArgsError::InvalidValue {
-                    option: "--boot",
-                    value: bad.to_string(),
-                    reason: "expected dt or acpi".to_string(),
-                },
+                invalid_option(&["--kernel", "k", "--boot", bad]),
+                "--boot",
                 "value {bad:?}"
             );
         }
-        assert_eq!(
-            err(&["--kernel", "k", "--boot", "acpi", "--boot", "dt"]),
-            ArgsError::Duplicate("--boot")
-        );
-        assert_eq!(
-            err(&["--kernel", "k", "--boot"]),
-            ArgsError::MissingValue("--boot")
-        );
-        assert!(usage().contains("--boot dt|acpi"));
+        let e = err(&["--kernel", "k", "--boot", "acpi", "--boot", "dt"]);
+        assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+        assert_eq!(invalid_option(&["--kernel", "k", "--boot"]), "--boot");
     }
 
     #[test]
@@ -1072,7 +1046,7 @@ mod tests {
         let room = "x".repeat(CMDLINE_CAPACITY - 1 - " efi=noruntime".len());
         assert_eq!(acpi(&room), format!("{room} efi=noruntime"));
         let full = "x".repeat(CMDLINE_CAPACITY - " efi=noruntime".len());
-        match err(&["--kernel", "k", "--boot", "acpi", "--cmdline", &full]) {
+        match refused(&["--kernel", "k", "--boot", "acpi", "--cmdline", &full]) {
             ArgsError::InvalidValue { option, reason, .. } => {
                 assert_eq!(option, "--cmdline");
                 assert!(reason.contains("--boot acpi adds"), "{reason}");
@@ -1090,9 +1064,10 @@ mod tests {
     fn apf_values() {
         assert_eq!(run_args(&["--kernel", "k", "--apf", "on"]).apf, ApfMode::On);
         assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--apf", "off"])),
-            "--apf"
+            run_args(&["--kernel", "k", "--apf=hidden"]).apf,
+            ApfMode::Hidden
         );
+        assert_eq!(invalid_option(&["--kernel", "k", "--apf", "off"]), "--apf");
     }
 
     #[test]
@@ -1101,9 +1076,11 @@ mod tests {
             let a = run_args(&["--kernel", "k", "--apf-irq", &good.to_string()]);
             assert_eq!(a.apf_irq, Some(good));
         }
-        for bad in ["15", "32", "23", "25", "26", "27", "28", "29", "30", "x"] {
+        for bad in [
+            "15", "32", "23", "25", "26", "27", "28", "29", "30", "x", "+22",
+        ] {
             assert_eq!(
-                invalid_option(err(&["--kernel", "k", "--apf-irq", bad])),
+                invalid_option(&["--kernel", "k", "--apf-irq", bad]),
                 "--apf-irq",
                 "value {bad:?}"
             );
@@ -1112,10 +1089,11 @@ mod tests {
 
     #[test]
     fn empty_path_rejected() {
-        assert_eq!(invalid_option(err(&["--kernel", ""])), "--kernel");
+        assert_eq!(invalid_option(&["--kernel", ""]), "--kernel");
+        assert_eq!(invalid_option(&["--kernel", "k", "--initrd="]), "--initrd");
         assert_eq!(
-            invalid_option(err(&["--kernel", "k", "--initrd="])),
-            "--initrd"
+            invalid_option(&["--kernel", "k", "--api-socket", ""]),
+            "--api-socket"
         );
     }
 
@@ -1128,7 +1106,7 @@ mod tests {
             OsString::from("--vcpus"),
             OsString::from_vec(vec![0xff, 0x32]),
         ];
-        assert_eq!(invalid_option(parse(args).unwrap_err()), "--vcpus");
+        assert_eq!(parse(args).unwrap_err().kind(), ErrorKind::InvalidUtf8);
     }
 
     #[test]
@@ -1140,5 +1118,26 @@ mod tests {
             Ok(Command::Run(a)) => assert_eq!(a.kernel, PathBuf::from(OsString::from_vec(raw))),
             other => panic!("unexpected {other:?}"),
         }
+    }
+
+    #[test]
+    fn move_commands() {
+        match parse_strs(&["restore", "--from", "/snap", "--prefetch"]) {
+            Ok(Command::Move(MoveCommand::Restore { from, prefetch, .. })) => {
+                assert_eq!(from, PathBuf::from("/snap"));
+                assert!(prefetch);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Boot options and a command do not mix, in either order.
+        for args in [
+            &["--kernel", "k", "restore", "--from", "/snap"][..],
+            &["--quiet", "receive", "--listen", "/l"],
+            &["restore", "--from", "/snap", "--kernel", "k"],
+        ] {
+            assert!(err(args).use_stderr(), "{args:?}");
+        }
+        // A command's help is help.
+        assert_eq!(err(&["restore", "--help"]).kind(), ErrorKind::DisplayHelp);
     }
 }

@@ -1,37 +1,56 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! The commands that move a VM: `snapshot`, `migrate`, `restore` and
-//! `receive`, parsed with clap. (Booting a guest, `apf-vmm --kernel ...`,
-//! still goes through `args`.)
+//! apf-vmm's command line, parsed with clap: the boot options at the top
+//! level (`apf-vmm --kernel IMAGE [options]`, see [`crate::args`]), or one
+//! of the commands that move a VM: `snapshot`, `migrate`, `restore` and
+//! `receive`.
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::args::{ApfMode, MAX_UFFD_LATENCY_US};
+use crate::args::{ApfMode, BootOptions, MAX_UFFD_LATENCY_US};
 
-/// The words that select one of these commands.
-pub const COMMANDS: [&str; 4] = ["snapshot", "migrate", "restore", "receive"];
-
-/// apf-vmm's commands that save, move and restore a VM.
+/// Boots an arm64 Linux Image in a KVM guest with a GICv3, PSCI and a 16550 UART.
 #[derive(Debug, Parser)]
-#[command(name = "apf-vmm", disable_version_flag = true)]
+#[command(
+    name = "apf-vmm",
+    disable_version_flag = true,
+    disable_help_subcommand = true,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true,
+    override_usage = "apf-vmm --kernel IMAGE [options]\n       \
+                      apf-vmm snapshot|migrate|restore|receive [options]",
+    help_template = "{usage-heading} {usage}\n\n{about-with-newline}\n{all-args}{after-help}",
+    after_help = "apf-vmm COMMAND --help lists the options of a command.\n\n\
+                  Exit status: 0 after a clean guest shutdown, 1 on a runtime error,\n\
+                  2 on bad arguments or unusable input files."
+)]
 pub struct Cli {
-    /// The command.
+    /// The options of a boot, unless there is a command.
+    #[command(flatten)]
+    pub boot: BootOptions,
+    /// The command, if any.
     #[command(subcommand)]
-    pub command: MoveCommand,
+    pub command: Option<MoveCommand>,
 }
 
 /// See each variant.
 #[derive(Debug, Subcommand)]
 pub enum MoveCommand {
+    /// save a running VM (by its --api-socket) and stop it
+    ///
     /// Ask a running apf-vmm (started with --api-socket) to save its VM
     /// into a directory (files `state` and `memory`) and stop.
     Snapshot(Ask),
+    /// migrate a running VM by post-copy to apf-vmm receive
+    ///
     /// Ask a running apf-vmm to migrate its VM by post-copy to an
     /// `apf-vmm receive` (its --listen socket, --to) and stop once every
     /// page has arrived.
     Migrate(Ask),
+    /// run a snapshot, its RAM served lazily by userfaultfd
+    ///
     /// Run a saved VM; its RAM is mapped empty and served on demand from
     /// the snapshot's memory file by userfaultfd (a lazy restore).
     Restore {
@@ -44,6 +63,8 @@ pub enum MoveCommand {
         #[command(flatten)]
         target: Target,
     },
+    /// run a VM that arrives by post-copy migration
+    ///
     /// Wait for a VM migrating by post-copy (`apf-vmm migrate`) and run it
     /// at once, fetching its pages from the source as it faults.
     Receive {
@@ -138,13 +159,6 @@ impl Target {
     }
 }
 
-/// Whether `first` (the first argument) selects one of these commands.
-pub fn is_move_command(first: Option<&std::ffi::OsStr>) -> bool {
-    first
-        .and_then(|a| a.to_str())
-        .is_some_and(|a| COMMANDS.contains(&a))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,7 +185,7 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let MoveCommand::Snapshot(a) = c.command else {
+        let Some(MoveCommand::Snapshot(a)) = c.command else {
             panic!()
         };
         assert_eq!((a.api_socket, a.to), ("/s".into(), "/d".into()));
@@ -190,7 +204,7 @@ mod tests {
             from,
             prefetch,
             target,
-        } = c.command
+        } = c.command.unwrap()
         else {
             panic!()
         };
@@ -209,7 +223,7 @@ mod tests {
             "--allow-apf-loss",
         ])
         .unwrap();
-        let MoveCommand::Receive { target, .. } = c.command else {
+        let Some(MoveCommand::Receive { target, .. }) = c.command else {
             panic!()
         };
         assert_eq!(target.apf_mode(), ApfMode::Hidden);
@@ -233,11 +247,14 @@ mod tests {
                 "0",
             ],
             &["receive", "--listen", "/l", "--kernel", "/k"],
+            // Boot options and a command do not mix, in either order.
+            &["--kernel", "/k", "restore", "--from", "/d"],
+            &["--quiet", "snapshot", "--api-socket", "/s", "--to", "/d"],
+            // No `help` command, no --version.
+            &["help"],
+            &["--version"],
         ] {
             assert!(parse(bad).is_err(), "{bad:?}");
         }
-        assert!(is_move_command(Some("restore".as_ref())));
-        assert!(!is_move_command(Some("--kernel".as_ref())));
-        assert!(!is_move_command(None));
     }
 }

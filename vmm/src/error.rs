@@ -5,7 +5,6 @@
 use thiserror::Error;
 
 use crate::acpi::AcpiError;
-use crate::args::ArgsError;
 use crate::cgroup::CgroupError;
 use crate::efi::EfiError;
 use crate::fdt::FdtError;
@@ -24,8 +23,6 @@ pub const EXIT_FAILURE: u8 = 1;
 /// Top-level errors.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error(transparent)]
-    Args(#[from] ArgsError),
     #[error(transparent)]
     Image(#[from] ImageError),
     #[error(transparent)]
@@ -65,7 +62,7 @@ impl Error {
     /// The exit status for this error.
     pub fn exit_code(&self) -> u8 {
         match self {
-            Error::Args(_) | Error::Image(_) | Error::Layout(_) => EXIT_USAGE,
+            Error::Image(_) | Error::Layout(_) => EXIT_USAGE,
             // A snapshot that cannot be restored, or may not be.
             Error::Lifecycle(
                 lifecycle::LifecycleError::Snapshot(_) | lifecycle::LifecycleError::ApfLoss { .. },

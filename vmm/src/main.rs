@@ -305,44 +305,23 @@ fn run_move(command: cli::MoveCommand) -> Result<u8, Error> {
 }
 
 fn main() -> ExitCode {
-    let argv: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
-    if cli::is_move_command(argv.first().map(|a| a.as_os_str())) {
-        use clap::Parser;
-        let parsed = cli::Cli::try_parse_from(std::iter::once("apf-vmm".into()).chain(argv));
-        let command = match parsed {
-            Ok(c) => c.command,
-            Err(e) => {
-                let _ = e.print();
-                return if e.use_stderr() {
-                    ExitCode::from(EXIT_USAGE)
-                } else {
-                    ExitCode::SUCCESS
-                };
-            }
-        };
-        return match run_move(command) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("apf-vmm: error: {e}");
-                ExitCode::from(e.exit_code())
-            }
-        };
-    }
-    let command = match args::parse(argv) {
+    let command = match args::parse(std::env::args_os().skip(1)) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("apf-vmm: error: {e}\nTry 'apf-vmm --help' for the options.");
-            return ExitCode::from(EXIT_USAGE);
+            // Help goes to stdout and is no error.
+            let _ = e.print();
+            return if e.use_stderr() {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
-    let args = match command {
-        Command::Help => {
-            print!("{}", args::usage());
-            return ExitCode::SUCCESS;
-        }
-        Command::Run(a) => *a,
+    let result = match command {
+        Command::Run(args) => prepare(*args).and_then(run),
+        Command::Move(command) => run_move(command),
     };
-    match prepare(args).and_then(run) {
+    match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("apf-vmm: error: {e}");

@@ -68,10 +68,17 @@ fn help_exits_zero() {
         "--mem ",
         "--mem-mode",
         "--uffd-latency-us",
+        "--uffd-evict-ms",
         "--cgroup-limit",
+        "--cgroup-max",
         "--apf ",
         "--apf-irq",
+        "--api-socket",
         "--quiet",
+        "snapshot",
+        "migrate",
+        "restore",
+        "receive",
     ] {
         assert!(out.contains(opt), "usage lacks {opt}");
     }
@@ -80,46 +87,100 @@ fn help_exits_zero() {
 #[test]
 fn bad_arguments_exit_two() {
     let cases: &[(&[&str], &str)] = &[
-        (&[], "missing required option --kernel"),
+        (
+            &[],
+            "the following required arguments were not provided:\n  --kernel <PATH>",
+        ),
         (
             &["--kernel", "k", "--vcpus", "9"],
-            "invalid value '9' for --vcpus",
+            "invalid value '9' for '--vcpus <N>': 9 is not in 1..=8",
+        ),
+        (
+            &["--kernel", "k", "--vcpus", "+2"],
+            "invalid value '+2' for '--vcpus <N>'",
         ),
         (
             &["--kernel", "k", "--mem", "32"],
-            "invalid value '32' for --mem",
+            "invalid value '32' for '--mem <MIB>'",
         ),
-        (&["--kernel", "k", "--mem-mode", "zram"], "for --mem-mode"),
-        (&["--kernel", "k", "--apf", "off"], "for --apf"),
+        (
+            &["--kernel", "k", "--mem-mode", "zram"],
+            "for '--mem-mode <MODE>'",
+        ),
+        (
+            &["--kernel", "k", "--apf", "off"],
+            "for '--apf <on|hidden>'",
+        ),
         (
             &["--kernel", "k", "--boot", "uefi"],
-            "invalid value 'uefi' for --boot: expected dt or acpi",
+            "invalid value 'uefi' for '--boot <dt|acpi>'\n  [possible values: dt, acpi]",
         ),
-        (&["--kernel", "k", "--apf-irq", "27"], "for --apf-irq"),
+        (
+            &["--kernel", "k", "--apf-irq", "27"],
+            "invalid value '27' for '--apf-irq <INTID>': used by the PMU",
+        ),
+        (
+            &[
+                "--kernel",
+                "k",
+                "--mem-mode",
+                "uffd",
+                "--uffd-evict-ms",
+                "5",
+            ],
+            "for '--uffd-evict-ms <N>': must be 0 (off) or 10..600000",
+        ),
         (
             &["--kernel", "k", "--frobnicate"],
-            "unknown option '--frobnicate'",
+            "unexpected argument '--frobnicate' found",
         ),
         (
             &["--kernel", "k", "--mem-mode", "cgroup"],
-            "needs --cgroup-limit",
+            "the following required arguments were not provided:\n  --cgroup-limit <MIB>",
+        ),
+        (
+            &[
+                "--kernel",
+                "k",
+                "--mem-mode",
+                "cgroup",
+                "--cgroup-limit",
+                "64",
+                "--cgroup-max",
+                "32",
+            ],
+            "invalid value '32' for --cgroup-max: below --cgroup-limit (64)",
         ),
         (
             &["--kernel", "k", "--uffd-latency-us", "5"],
-            "only applies to --mem-mode uffd",
+            "--uffd-latency-us only applies to --mem-mode uffd",
         ),
-        (&["--kernel"], "option --kernel needs a value"),
+        (
+            &["--kernel"],
+            "a value is required for '--kernel <PATH>' but none was supplied",
+        ),
+        (
+            &["--kernel", "a", "--kernel", "b"],
+            "the argument '--kernel <PATH>' cannot be used multiple times",
+        ),
         (
             &["--kernel", "k", "--uffd-source", "ram.img"],
-            "unknown option '--uffd-source'",
+            "unexpected argument '--uffd-source' found",
         ),
+        (
+            &["--kernel", "k", "restore", "--from", "/snap"],
+            "the subcommand 'restore' cannot be used with '--kernel <PATH>'",
+        ),
+        (&["--version"], "unexpected argument '--version' found"),
     ];
     for (args, msg) in cases {
         let o = vmm(args);
         assert_eq!(o.status.code(), Some(2), "args {args:?}");
         let err = stderr(&o);
+        assert!(err.starts_with("error: "), "args {args:?}: stderr {err:?}");
         assert!(err.contains(msg), "args {args:?}: stderr {err:?}");
-        assert!(err.contains("--help"), "args {args:?}: no hint");
+        assert!(err.contains("try '--help'"), "args {args:?}: no hint");
+        assert!(o.stdout.is_empty(), "args {args:?}");
     }
 }
 
@@ -208,4 +269,159 @@ fn move_commands_refuse_bad_input_before_any_vm() {
     let o = vmm(&["restore", "--help"]);
     assert_eq!(o.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&o.stdout).contains("--allow-apf-loss"));
+}
+
+/// Splits a line of a `tests/*.list` file as `userspace/init/init.c` does:
+/// words separated by blanks; a word that starts with a double quote runs
+/// to the next one and may hold blanks.
+fn list_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_start_matches([' ', '\t']);
+    while !rest.is_empty() {
+        let (word, after) = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => rest.split_once([' ', '\t']).unwrap_or((rest, "")),
+        };
+        words.push(word.to_string());
+        rest = after.trim_start_matches([' ', '\t']);
+    }
+    words
+}
+
+/// The arguments after the apf-vmm program word, if the line runs apf-vmm.
+fn vmm_args(words: &[String]) -> Option<Vec<String>> {
+    let at = words.iter().position(|w| w.ends_with("/apf-vmm"))?;
+    Some(words[at + 1..].to_vec())
+}
+
+/// Every apf-vmm command line the harness runs, with where it comes from:
+/// each case of `tests/*.list` (and, for an `apf-e2e --move` case, the same
+/// with the `--api-socket` apf-e2e adds), the cases `scripts/bench.sh`
+/// writes (its shell variables given each value it uses), and the commands
+/// apf-e2e runs to restore or receive a moved VM.
+fn harness_command_lines() -> Vec<(String, Vec<String>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list"))
+        .collect();
+    lists.sort();
+    assert!(lists.len() >= 5, "{lists:?}");
+    let mut out = Vec::new();
+    for list in &lists {
+        let text = std::fs::read_to_string(list).unwrap();
+        for line in text.lines() {
+            let words = list_words(line);
+            if words.is_empty() || words[0].starts_with('#') || words[0] == "include" {
+                continue;
+            }
+            let Some(args) = vmm_args(&words) else {
+                continue;
+            };
+            let name = format!("{}: {}", list.display(), words[0]);
+            if words.iter().any(|w| w == "--move") {
+                let mut moved = args.clone();
+                moved.extend(["--api-socket".into(), "/tmp/apf-e2e-ctl-0".into()]);
+                out.push((format!("{name} (with --move)"), moved));
+            }
+            out.push((name, args));
+        }
+    }
+
+    // scripts/bench.sh: "$vmm --vcpus $vcpus ${vmm_opt[$regime]} $hide
+    // --cmdline ..." for the storm and free cases, "$vmm --vcpus $vcpus
+    // --mem-mode plain $hide --cmdline ..." (plus apf-e2e's --api-socket)
+    // for the move cases.
+    let vmm = "/bin/apf-vmm --kernel /guest/Image --initrd /guest/initrd.cpio --mem 256";
+    let mut regimes: Vec<String> = [200, 1000, 5000]
+        .iter()
+        .map(|lat| format!("--mem-mode uffd --uffd-latency-us {lat} --uffd-evict-ms 600000"))
+        .collect();
+    regimes.push("--mem-mode cgroup --cgroup-limit 48".into());
+    regimes.push("--mem-mode plain".into());
+    regimes.push("--mem-mode plain --api-socket /tmp/apf-e2e-ctl-0".into());
+    for regime in &regimes {
+        for vcpus in [1, 2] {
+            for hide in ["", "--apf hidden"] {
+                let line = format!(
+                    "bench 900 {vmm} --vcpus {vcpus} {regime} {hide} --cmdline \
+                     \"console=ttyS0 panic=-1 kunit.enable=0 APF_BENCH_ROUNDS=5 APF_BENCH=storm\""
+                );
+                let args = vmm_args(&list_words(&line)).unwrap();
+                out.push((format!("scripts/bench.sh: {line}"), args));
+            }
+        }
+    }
+
+    // src/bin/apf-e2e.rs, and the examples of vmm/README.md.
+    for line in [
+        "restore --apf hidden --quiet --from /tmp/snap-0",
+        "restore --from /tmp/snap-0 --uffd-latency-us 500 --api-socket /tmp/ctl-1 --prefetch",
+        "receive --listen /tmp/rx-0 --uffd-latency-us 500 --api-socket /tmp/ctl-1",
+        "snapshot --api-socket /run/vm.sock --to /snap --min-parked 1 --unacked",
+        "migrate --api-socket /run/vm.sock --to /run/dst.sock",
+    ] {
+        out.push((format!("move: {line}"), list_words(line)));
+    }
+    out
+}
+
+/// Checks that each option of `argv` took effect in `a` as written.
+fn check_meaning(what: &str, argv: &[String], a: &apf_vmm::args::Args) {
+    use apf_vmm::args::BootMode;
+    let lower = |d: &dyn std::fmt::Debug| format!("{d:?}").to_lowercase();
+    let mut i = 0;
+    while i < argv.len() {
+        let (opt, value) = (argv[i].as_str(), argv.get(i + 1).map(String::as_str));
+        i += 2;
+        let v = value.unwrap_or_default();
+        let ok = match opt {
+            "--kernel" => a.kernel == Path::new(v),
+            "--initrd" => a.initrd.as_deref() == Some(Path::new(v)),
+            "--cmdline" => match a.boot {
+                BootMode::Dt => a.cmdline == v,
+                BootMode::Acpi => a.cmdline == format!("{v} efi=noruntime"),
+            },
+            "--boot" => lower(&a.boot) == v,
+            "--vcpus" => a.vcpus.to_string() == v,
+            "--mem" => a.mem_mib.to_string() == v,
+            "--mem-mode" => lower(&a.mem_mode) == v,
+            "--uffd-latency-us" => a.uffd.latency_us.to_string() == v,
+            "--uffd-evict-ms" => a.uffd.evict_ms.to_string() == v,
+            "--cgroup-limit" => a.cgroup_limit_mib.map(|n| n.to_string()).as_deref() == Some(v),
+            "--cgroup-max" => a.cgroup_max_mib.map(|n| n.to_string()).as_deref() == Some(v),
+            "--apf" => lower(&a.apf) == v,
+            "--apf-irq" => a.apf_irq.map(|n| n.to_string()).as_deref() == Some(v),
+            "--api-socket" => a.api_socket.as_deref() == Some(Path::new(v)),
+            "--quiet" => {
+                i -= 1;
+                a.quiet
+            }
+            other => panic!("{what}: no check for {other}"),
+        };
+        assert!(ok, "{what}: {opt} {v:?} gave {a:?}");
+    }
+}
+
+/// Every command line the harness gives apf-vmm still parses, to what it
+/// says.
+#[test]
+fn harness_command_lines_parse() {
+    use apf_vmm::args::{parse, Command};
+    let lines = harness_command_lines();
+    let boots = lines.iter().filter(|(_, a)| a[0] == "--kernel").count();
+    assert!(boots >= 20, "only {boots} boot command lines found");
+    let mut seen = std::collections::HashSet::new();
+    for (what, argv) in &lines {
+        if !seen.insert(argv.clone()) {
+            continue;
+        }
+        match parse(argv) {
+            Ok(Command::Run(a)) => check_meaning(what, argv, &a),
+            Ok(Command::Move(_)) => assert!(what.starts_with("move: "), "{what}"),
+            Err(e) => panic!("{what}: {argv:?}:\n{e}"),
+        }
+    }
+    assert!(seen.len() >= 20, "{} distinct command lines", seen.len());
 }
