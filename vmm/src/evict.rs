@@ -161,7 +161,7 @@ fn evict_once<P: VcpuPause>(
 ) -> Result<(), EvictError> {
     if let Err(e) = pauser.pause() {
         stats.pause_timeouts += 1;
-        eprintln!("apf-vmm: warning: uffd eviction skipped: {e}");
+        log::warn!("uffd eviction skipped: {e}");
         return Ok(());
     }
     let result = {

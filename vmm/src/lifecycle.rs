@@ -64,7 +64,7 @@ pub enum LifecycleError {
 
 /// Decides whether `state` may be restored with APF `apf`: refuses to hide
 /// APF from a guest that has it enabled, unless `allow_loss`. Returns a
-/// warning to print when it goes ahead anyway.
+/// warning to log when it goes ahead anyway.
 pub fn check_restore(
     state: &VmState,
     apf: ApfMode,
@@ -78,7 +78,7 @@ pub fn check_restore(
         return Err(LifecycleError::ApfLoss { vcpus });
     }
     Ok(Some(format!(
-        "warning: APF hidden from a guest that had it enabled on vCPU(s) {vcpus:?} \
+        "APF hidden from a guest that had it enabled on vCPU(s) {vcpus:?} \
          (--allow-apf-loss): tasks it had parked on APF stay asleep until killed"
     )))
 }
@@ -285,8 +285,8 @@ mod kvm {
                         println!("migrate: received pages={} zero={}", s.received, s.zero)
                     }
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => eprintln!("apf-vmm: post-copy: {e}"),
-                    Err(_) => eprintln!("apf-vmm: post-copy receiver panicked"),
+                    Ok(Err(e)) => log::error!("post-copy: {e}"),
+                    Err(_) => log::error!("post-copy receiver panicked"),
                 }
             }
             let uffd_stats = backing.uffd.take().map(|(_, h)| h.stop());
@@ -324,14 +324,14 @@ mod kvm {
                 match crate::memcg::MemcgReport::read(path) {
                     Ok(r) if !quiet => println!("{}", r.line()),
                     Ok(_) => {}
-                    Err(e) => eprintln!("apf-vmm: warning: cgroup report: {e}"),
+                    Err(e) => log::warn!("cgroup report: {e}"),
                 }
             }
             if let Some(Err(e)) = &uffd_stats {
-                eprintln!("apf-vmm: userfaultfd handler: {e}");
+                log::error!("userfaultfd handler: {e}");
             }
             if let Some(Err(e)) = &report.evict {
-                eprintln!("apf-vmm: {e}");
+                log::error!("{e}");
             }
             if report.all_stopped {
                 drop(backing);
@@ -363,9 +363,9 @@ mod kvm {
                 }
             };
             if code != 0 {
-                eprintln!("apf-vmm: error: {msg}");
-            } else if !quiet {
-                eprintln!("apf-vmm: {msg}");
+                log::error!("{msg}");
+            } else {
+                log::info!("{msg}");
             }
             Ok(code)
         }
@@ -520,7 +520,6 @@ mod kvm {
             &RestoreConfig {
                 ram: backing.ram,
                 apf: target.apf_mode(),
-                quiet: target.quiet,
             },
             state,
             backing.mem(),
@@ -579,18 +578,12 @@ mod kvm {
             })
     }
 
-    fn info(quiet: bool, msg: &str) {
-        if !quiet {
-            eprintln!("apf-vmm: {msg}");
-        }
-    }
-
     /// `apf-vmm restore`.
     pub fn restore(from: &Path, prefetch: bool, target: &Target) -> Result<u8, Error> {
         let (state, file, warning) =
             load_for_restore(from, target.apf_mode(), target.allow_apf_loss)?;
         if let Some(w) = warning {
-            eprintln!("apf-vmm: {w}");
+            log::warn!("{w}");
         }
         let ram = Region {
             base: state.ram_base,
@@ -624,7 +617,7 @@ mod kvm {
             Box::new(move || {
                 stop.store(true, Ordering::Relaxed);
                 if let Ok(Err(e)) = p.join() {
-                    eprintln!("apf-vmm: prefetch: {e}");
+                    log::error!("prefetch: {e}");
                 }
                 if !quiet {
                     println!("prefetch: pages={}", copied.load(Ordering::Relaxed));
@@ -644,10 +637,7 @@ mod kvm {
             }
         };
         let listener = UnixListener::bind(listen).map_err(sock_err("listening on"))?;
-        info(
-            target.quiet,
-            &format!("waiting for a migration on {}", listen.display()),
-        );
+        log::info!("waiting for a migration on {}", listen.display());
         let accepted = listener.accept().map_err(sock_err("accepting on"));
         let _ = std::fs::remove_file(listen);
         let (mut stream, _) = accepted?;
@@ -659,7 +649,7 @@ mod kvm {
             return Err(LifecycleError::PageSize { theirs: ps, ours }.into());
         }
         if let Some(w) = check_restore(&state, target.apf_mode(), target.allow_apf_loss)? {
-            eprintln!("apf-vmm: {w}");
+            log::warn!("{w}");
         }
         let ram = Region {
             base: state.ram_base,

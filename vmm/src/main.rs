@@ -18,7 +18,9 @@
 use std::process::ExitCode;
 
 use apf_vmm::error::{Error, EXIT_USAGE};
-use apf_vmm::{acpi, args, cgroup, cli, control, efi, fdt, image, layout, lifecycle, memory};
+use apf_vmm::{
+    acpi, args, cgroup, cli, control, efi, fdt, image, layout, lifecycle, logger, memory,
+};
 #[cfg(target_arch = "aarch64")]
 use apf_vmm::{bus, evict, serial, uffd, vm};
 
@@ -110,25 +112,22 @@ fn prepare(args: args::Args) -> Result<Prepared, Error> {
 /// Creates the cgroup for `--mem-mode cgroup` (memory.high = `limit_mib`,
 /// memory.max = `max_mib`) and moves the process in. Must happen before
 /// guest RAM is touched so that it is charged there.
-fn enter_cgroup(limit_mib: u64, max_mib: u64, quiet: bool) -> Result<cgroup::Cgroup, Error> {
+fn enter_cgroup(limit_mib: u64, max_mib: u64) -> Result<cgroup::Cgroup, Error> {
     let root = std::path::Path::new(cgroup::CGROUP_ROOT);
     cgroup::check_cgroup2(root)?;
     let name = apf_vmm::memcg::cgroup_name(std::process::id());
     let mut cg = cgroup::Cgroup::create(root, &name, limit_mib * MIB, max_mib * MIB)?;
     cg.join()?;
     if !cg.swap_max_set() {
-        eprintln!(
-            "apf-vmm: warning: could not set memory.swap.max=max in {} (no swap accounting?)",
+        log::warn!(
+            "could not set memory.swap.max=max in {} (no swap accounting?)",
             cg.path().display()
         );
     }
-    if !quiet {
-        eprintln!(
-            "apf-vmm: running in cgroup {} with memory.high = {limit_mib} MiB, \
-             memory.max = {max_mib} MiB",
-            cg.path().display()
-        );
-    }
+    log::info!(
+        "running in cgroup {} with memory.high = {limit_mib} MiB, memory.max = {max_mib} MiB",
+        cg.path().display()
+    );
     Ok(cg)
 }
 
@@ -152,7 +151,7 @@ fn run(p: Prepared) -> Result<u8, Error> {
 
     // Dropped last: the process leaves the cgroup only after guest RAM is gone.
     let cgroup = match (args.mem_mode, args.cgroup_limit_mib, args.cgroup_max_mib) {
-        (MemMode::Cgroup, Some(limit), Some(max)) => Some(enter_cgroup(limit, max, quiet)?),
+        (MemMode::Cgroup, Some(limit), Some(max)) => Some(enter_cgroup(limit, max)?),
         _ => None,
     };
 
@@ -229,7 +228,6 @@ fn run(p: Prepared) -> Result<u8, Error> {
             layout: &layout,
             apf: args.apf,
             apf_irq: args.apf_irq,
-            quiet,
         },
         backing.mem(),
         serial_irq,
@@ -317,6 +315,13 @@ fn main() -> ExitCode {
             };
         }
     };
+    let quiet = match &command {
+        Command::Run(args) => args.quiet,
+        Command::Move(cli::MoveCommand::Restore { target, .. })
+        | Command::Move(cli::MoveCommand::Receive { target, .. }) => target.quiet,
+        Command::Move(cli::MoveCommand::Snapshot(_) | cli::MoveCommand::Migrate(_)) => false,
+    };
+    logger::init(quiet);
     let result = match command {
         Command::Run(args) => prepare(*args).and_then(run),
         Command::Move(command) => run_move(command),
@@ -324,7 +329,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("apf-vmm: error: {e}");
+            log::error!("{e}");
             ExitCode::from(e.exit_code())
         }
     }

@@ -300,8 +300,8 @@ impl<W: Write> Runner<W> {
     fn warn_unhandled(&self, kind: &str, addr: u64, len: usize) {
         let n = self.mmio_warnings.fetch_add(1, Ordering::Relaxed);
         if n < MAX_MMIO_WARNINGS {
-            eprintln!(
-                "apf-vmm: vcpu{}: unhandled MMIO {kind} of {len} bytes at {addr:#x}{}",
+            log::warn!(
+                "vcpu{}: unhandled MMIO {kind} of {len} bytes at {addr:#x}{}",
                 self.index,
                 if n + 1 == MAX_MMIO_WARNINGS {
                     " (further ones not reported)"
@@ -365,7 +365,7 @@ impl<W: Write> Runner<W> {
                         Ok(false) => self.warn_unhandled("write", addr, len),
                         Err(e) => {
                             if !serial_error_reported {
-                                eprintln!("apf-vmm: vcpu{}: {e}", self.index);
+                                log::error!("vcpu{}: {e}", self.index);
                                 serial_error_reported = true;
                             }
                         }

@@ -156,8 +156,6 @@ pub struct VmConfig<'a> {
     pub apf: ApfMode,
     /// PAGE_READY PPI, if given.
     pub apf_irq: Option<u32>,
-    /// Suppress informational messages.
-    pub quiet: bool,
 }
 
 /// What a restored VM needs besides guest memory and its state.
@@ -167,8 +165,6 @@ pub struct RestoreConfig {
     /// APF offered (as saved) or hidden (the caller has made sure no vCPU
     /// has a block registered, or was told to go ahead anyway).
     pub apf: ApfMode,
-    /// Suppress informational messages.
-    pub quiet: bool,
 }
 
 /// Events the main thread waits for.
@@ -259,12 +255,6 @@ pub struct Vm {
     _kvm: Kvm,
 }
 
-fn info(quiet: bool, msg: &str) {
-    if !quiet {
-        eprintln!("apf-vmm: {msg}");
-    }
-}
-
 /// The KVM objects every VM starts with: /dev/kvm, the VM with its RAM
 /// slot, and `vcpus` initialised vCPUs.
 fn kvm_vm(
@@ -338,14 +328,11 @@ impl Vm {
                 blocks += 1;
             }
         }
-        info(
-            cfg.quiet,
-            &format!(
-                "restored {} vCPUs, {} vGIC registers; APF blocks re-registered on {blocks} vCPUs{}",
-                vcpus.len(),
-                state.gic.len(),
-                if hide { " (APF hidden)" } else { "" }
-            ),
+        log::info!(
+            "restored {} vCPUs, {} vGIC registers; APF blocks re-registered on {blocks} vCPUs{}",
+            vcpus.len(),
+            state.gic.len(),
+            if hide { " (APF hidden)" } else { "" }
         );
         Vm::assemble(kvm, vm, vcpus, gic, serial_irq, mem)
     }
@@ -463,7 +450,7 @@ impl Vm {
                     if !stop_threads(&stop, &threads) {
                         // Threads that are still running keep their VcpuFd and thus
                         // the VM alive; exit rather than unmap memory under them.
-                        eprintln!("apf-vmm: error: starting vCPU thread {index}: {source}");
+                        log::error!("starting vCPU thread {index}: {source}");
                         std::process::exit(1);
                     }
                     return Err(VmError::Spawn { index, source });
@@ -492,7 +479,7 @@ impl Vm {
                     Ok(ev) => Some(ev),
                     Err(e) => {
                         if !stop_threads(&stop, &threads) {
-                            eprintln!("apf-vmm: error: {e}");
+                            log::error!("{e}");
                             std::process::exit(1);
                         }
                         return Err(e.into());
@@ -570,7 +557,7 @@ impl Vm {
             if t.is_finished() {
                 match t.join() {
                     Ok(fd) => fds.push(fd),
-                    Err(_) => eprintln!("apf-vmm: vcpu{index} thread panicked"),
+                    Err(_) => log::error!("vcpu{index} thread panicked"),
                 }
             }
         }
@@ -600,7 +587,7 @@ impl Vm {
                 end: VcpuEnd::Failed(why),
             } = event
             {
-                eprintln!("apf-vmm: vcpu{index}: {why}");
+                log::error!("vcpu{index}: {why}");
             }
         }
 
@@ -739,7 +726,7 @@ impl Stopper<'_> {
                 // The masks can only be put back with every vCPU out of
                 // KVM_RUN; a vCPU in a synchronous fault is being served.
                 while let Err(e) = self.pause() {
-                    eprintln!("apf-vmm: warning: pausing to unmask interrupts: {e}; retrying");
+                    log::warn!("pausing to unmask interrupts: {e}; retrying");
                 }
                 if let Err(e) = gic::restore(self.gic, &masks) {
                     self.pauser.resume();
@@ -820,7 +807,7 @@ fn stop_threads<T>(stop: &AtomicBool, threads: &[JoinHandle<T>]) -> bool {
     for (index, t) in threads.iter().enumerate() {
         while !t.is_finished() {
             if Instant::now() > deadline {
-                eprintln!("apf-vmm: warning: vcpu{index} did not stop");
+                log::warn!("vcpu{index} did not stop");
                 all = false;
                 break;
             }
@@ -828,7 +815,7 @@ fn stop_threads<T>(stop: &AtomicBool, threads: &[JoinHandle<T>]) -> bool {
             // entering it; one inside is interrupted. Repeat to close the
             // window between the check and the ioctl.
             if let Err(e) = t.kill(kick_signal()) {
-                eprintln!("apf-vmm: warning: signalling vcpu{index}: {e}");
+                log::warn!("signalling vcpu{index}: {e}");
                 all = false;
                 break;
             }
@@ -844,32 +831,23 @@ fn configure_apf(cfg: &VmConfig<'_>, vcpus: &[VcpuFd]) -> Result<(), VmError> {
     };
     match cfg.apf {
         ApfMode::Hidden => match apf::hide(boot)? {
-            HostApf::Absent => info(
-                cfg.quiet,
-                "host has no KVM_REG_ARM_VENDOR_HYP_BMAP_2: APF is not offered anyway",
-            ),
-            HostApf::Bmap(old) => info(
-                cfg.quiet,
-                &format!(
-                    "APF hidden from the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
-                    apf::hidden(old)
-                ),
+            HostApf::Absent => {
+                log::info!("host has no KVM_REG_ARM_VENDOR_HYP_BMAP_2: APF is not offered anyway")
+            }
+            HostApf::Bmap(old) => log::info!(
+                "APF hidden from the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
+                apf::hidden(old)
             ),
         },
         ApfMode::On => match apf::offer(boot) {
-            Ok(HostApf::Bmap(old)) => info(
-                cfg.quiet,
-                &format!(
-                    "APF offered to the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
-                    apf::with_apf(old)
-                ),
+            Ok(HostApf::Bmap(old)) => log::info!(
+                "APF offered to the guest (KVM_REG_ARM_VENDOR_HYP_BMAP_2 {old:#x} -> {:#x})",
+                apf::with_apf(old)
             ),
-            Ok(HostApf::Absent) => eprintln!(
-                "apf-vmm: warning: host kernel has no APF (no KVM_REG_ARM_VENDOR_HYP_BMAP_2)"
-            ),
-            Err(ApfError::Refused(e)) => {
-                eprintln!("apf-vmm: warning: host does not offer APF ({e})")
+            Ok(HostApf::Absent) => {
+                log::warn!("host kernel has no APF (no KVM_REG_ARM_VENDOR_HYP_BMAP_2)")
             }
+            Err(ApfError::Refused(e)) => log::warn!("host does not offer APF ({e})"),
             Err(e) => return Err(e.into()),
         },
     }
@@ -877,8 +855,8 @@ fn configure_apf(cfg: &VmConfig<'_>, vcpus: &[VcpuFd]) -> Result<(), VmError> {
     if let Some(intid) = cfg.apf_irq {
         for (index, fd) in (0u8..).zip(vcpus) {
             if !apf::set_irq(fd, index, intid)? {
-                eprintln!(
-                    "apf-vmm: warning: host kernel has no KVM_ARM_VCPU_ASYNC_PF_CTRL (ENXIO); --apf-irq ignored"
+                log::warn!(
+                    "host kernel has no KVM_ARM_VCPU_ASYNC_PF_CTRL (ENXIO); --apf-irq ignored"
                 );
                 break;
             }

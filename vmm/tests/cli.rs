@@ -237,6 +237,18 @@ fn valid_input_reaches_the_vm_stage() {
             stderr(&o)
         );
     }
+    // Errors are logged as "apf-vmm: error: ...", --quiet or not.
+    for quiet in [&[][..], &["--quiet"]] {
+        let mut args = vec!["--kernel", kernel.as_str()];
+        args.extend(quiet);
+        let o = vmm(&args);
+        assert_eq!(o.status.code(), Some(1));
+        assert!(
+            stderr(&o).starts_with("apf-vmm: error: apf-vmm runs guests only"),
+            "{}",
+            stderr(&o)
+        );
+    }
 }
 
 #[test]
