@@ -102,5 +102,9 @@ fn cgroup_line_reaches_the_verdict() {
 fn swap_options_need_swap() {
     let o = e2e(&["--page-cluster", "0", "--", "true"]);
     assert_eq!(o.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&o.stderr).contains("--page-cluster needs --swap-disk"));
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        err.contains("required arguments were not provided:\n  --swap-disk <NAME>"),
+        "{err}"
+    );
 }

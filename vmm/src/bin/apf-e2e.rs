@@ -4,10 +4,10 @@
 //! emulated arm64 KVM host. It runs apf-vmm (whose guest runs
 //! /bin/apf-workload and powers off), echoes its output as it comes, and
 //! checks the workload's verdict and that the guest's and the host's APF
-//! counters agree and match `--expect`. With `--swap-zram` or `--swap-disk`
-//! it provides swap for the cgroup memory mode, sets `vm.page-cluster` for
-//! the run, and checks that the run swapped in from the device and that
-//! the VMM's cgroup saw no OOM.
+//! counters agree and match `--expect`. With `--swap-disk` it provides
+//! swap for the cgroup memory mode, sets `vm.page-cluster` for the run, and
+//! checks that the run swapped in from the device and that the VMM's
+//! cgroup saw no OOM.
 //!
 //! Exit status: 0 pass, 1 fail, 2 bad usage.
 
@@ -21,15 +21,14 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use apf_vmm::control;
-use apf_vmm::e2e::args::{self, E2eArgs, E2eCommand, MoveKind};
+use apf_vmm::e2e::args::{self, E2eArgs, MoveKind};
 use apf_vmm::e2e::check::{self, SwapDelta, VmmEnd};
 use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
-use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster, ZramSwap};
+use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster};
 use apf_vmm::memcg::{self, MemcgReport};
 
 const EXIT_FAIL: u8 = 1;
-const EXIT_USAGE: u8 = 2;
 
 /// Where the VMM's cgroup mode expects cgroup v2.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -376,7 +375,7 @@ fn run(args: E2eArgs) -> u8 {
     let start = Instant::now();
     let sys_block = Path::new("/sys/block");
 
-    if args.swap_zram_mib.is_some() || args.swap_disk.is_some() {
+    if args.swap_disk.is_some() {
         // Swap is for the cgroup memory mode, which needs cgroup v2.
         match swap::ensure_cgroup2(Path::new(CGROUP_ROOT)) {
             Ok(true) => say(&format!("e2e: mounted cgroup2 on {CGROUP_ROOT}")),
@@ -399,21 +398,6 @@ fn run(args: E2eArgs) -> u8 {
             }
         },
     };
-    let zram = match args.swap_zram_mib {
-        None => None,
-        Some(mib) => match ZramSwap::setup(Path::new("/dev"), sys_block, "zram0", mib) {
-            Ok(z) => {
-                say(&format!("e2e: swap on {}, {mib} MiB", z.device().display()));
-                Some(z)
-            }
-            Err(e) => {
-                say(&format!("e2e: check swap: FAIL ({e})"));
-                say("e2e: FAIL (swap)");
-                return EXIT_FAIL;
-            }
-        },
-    };
-
     let page_cluster = match args.page_cluster {
         None => None,
         Some(n) => match PageCluster::set(Path::new(swap::PAGE_CLUSTER), n) {
@@ -429,12 +413,7 @@ fn run(args: E2eArgs) -> u8 {
         },
     };
     // The device whose reads are swap-ins, and its counters before the run.
-    let swap_device = match (&args.swap_disk, args.swap_zram_mib) {
-        (Some(name), _) => Some(name.clone()),
-        (None, Some(_)) => Some("zram0".to_string()),
-        (None, None) => None,
-    };
-    let io_before = match &swap_device {
+    let io_before = match &args.swap_disk {
         None => None,
         Some(name) => match DiskStat::read(sys_block, name) {
             Ok(v) => Some((name.clone(), v)),
@@ -478,7 +457,6 @@ fn run(args: E2eArgs) -> u8 {
         obs.memcg.get_or_insert(r);
     }
     drop(page_cluster);
-    drop(zram);
 
     let mut checks = check::evaluate(&obs, end, args.expect, &args.guest_min, swap_delta.as_ref());
     if let Some(m) = &args.moves {
@@ -510,14 +488,8 @@ fn run(args: E2eArgs) -> u8 {
 fn main() -> ExitCode {
     let argv: Vec<OsString> = std::env::args_os().skip(1).collect();
     match args::parse(argv) {
-        Ok(E2eCommand::Help) => {
-            print!("{}", args::usage());
-            ExitCode::SUCCESS
-        }
-        Ok(E2eCommand::Run(a)) => ExitCode::from(run(a)),
-        Err(e) => {
-            eprintln!("apf-e2e: error: {e}\nTry 'apf-e2e --help'.");
-            ExitCode::from(EXIT_USAGE)
-        }
+        Ok(a) => ExitCode::from(run(a)),
+        // Prints the help and exits 0, or the error and exits 2.
+        Err(e) => e.exit(),
     }
 }

@@ -1,26 +1,28 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Command line of `apf-e2e`:
-//! `apf-e2e [--expect events|none] [--swap-zram MIB | --swap-disk NAME]
-//! [--page-cluster N] [--timeout SECS] -- VMM ARGS...`
+//! Command line of `apf-e2e`, parsed with clap:
+//! `apf-e2e [OPTIONS] -- VMM [VMM ARGS...]`. Everything after the first
+//! `--` is the VMM's command line, passed on as it is.
 
 use std::ffi::OsString;
 
-use thiserror::Error;
+use clap::{Parser, ValueEnum};
 
 /// Default `--timeout` in seconds.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 600;
 /// Largest `--timeout` (a day).
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;
-/// Smallest `--swap-zram` in MiB (a swap area needs a few pages).
-pub const MIN_SWAP_MIB: u64 = 1;
-/// Largest `--swap-zram` in MiB.
-pub const MAX_SWAP_MIB: u64 = 65_536;
 /// `vm.page-cluster` during a run with swap, unless `--page-cluster` says
 /// otherwise: no swap readahead.
 pub const DEFAULT_PAGE_CLUSTER: u32 = 0;
 /// Largest `--page-cluster` (the kernel's limit).
 pub const MAX_PAGE_CLUSTER: u32 = 31;
+/// Largest `--min-parked`.
+pub const MAX_MIN_PARKED: u64 = 1000;
+/// Largest `--restore-latency-us`.
+pub const MAX_RESTORE_LATENCY_US: u64 = 1_000_000;
+/// Largest `--unacked-at`.
+pub const MAX_UNACKED_AT: u64 = 100;
 
 /// What the APF event counters must show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,8 +35,17 @@ pub enum Expect {
     None,
 }
 
+/// `--expect`: [`Expect`] less its default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum ExpectArg {
+    /// PAGE_NOT_PRESENT and PAGE_READY were seen.
+    Events,
+    /// No APF event at all (APF hidden).
+    None,
+}
+
 /// How the VM is moved during the run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum MoveKind {
     /// `apf-vmm snapshot`, then `apf-vmm restore` (lazy, from the memory file).
     Snapshot,
@@ -66,8 +77,6 @@ pub struct Moves {
 pub struct E2eArgs {
     /// Expected APF activity.
     pub expect: Expect,
-    /// zram swap size in MiB, if swap is to be set up on zram.
-    pub swap_zram_mib: Option<u64>,
     /// Block device (a name in `/dev`, e.g. `vda`) to use whole as swap.
     pub swap_disk: Option<String>,
     /// `vm.page-cluster` for the run; `Some` exactly when swap is set up.
@@ -84,314 +93,201 @@ pub struct E2eArgs {
     pub command: Vec<OsString>,
 }
 
-/// Result of a successful parse.
-#[derive(Debug, PartialEq, Eq)]
-pub enum E2eCommand {
-    /// Run the test.
-    Run(E2eArgs),
-    /// Print the usage.
-    Help,
+const AFTER_HELP: &str = "\
+With swap, the run also fails unless the swap device was read from during
+the run (swap-ins, /sys/block/NAME/stat) and the VMM's cgroup saw no OOM
+(its 'cgroup:' line, or the cgroup a killed VMM left behind).
+
+Exit status: 0 pass, 1 fail, 2 bad usage.";
+
+/// The command line as clap sees it; [`parse`] turns it into [`E2eArgs`].
+#[derive(Debug, Parser)]
+#[command(
+    name = "apf-e2e",
+    disable_version_flag = true,
+    about = "Runs the VMM (apf-vmm booting a guest that runs /bin/apf-workload), \
+             echoes its output, and checks the workload result and the APF \
+             counters of guest and host.",
+    after_help = AFTER_HELP
+)]
+struct Cli {
+    /// events: PAGE_NOT_PRESENT and PAGE_READY were seen; none: no APF
+    /// event at all (APF hidden) [default: only host/guest agreement]
+    #[arg(
+        long,
+        value_enum,
+        value_name = "events|none",
+        hide_possible_values = true
+    )]
+    expect: Option<ExpectArg>,
+    /// Use block device /dev/NAME (e.g. vda) whole as swap for the run.
+    #[arg(long, value_name = "NAME", value_parser = disk_name)]
+    swap_disk: Option<String>,
+    /// With swap: vm.page-cluster for the run, 0..31, restored after
+    /// [default: 0, no swap readahead].
+    #[arg(long, value_name = "N", requires = "swap_disk",
+          value_parser = decimal::<0, { MAX_PAGE_CLUSTER as u64 }>)]
+    page_cluster: Option<u64>,
+    /// Kill the VMM after SECS seconds, 1..86400.
+    #[arg(long, value_name = "SECS", default_value_t = DEFAULT_TIMEOUT_SECS,
+          value_parser = decimal::<1, MAX_TIMEOUT_SECS>)]
+    timeout: u64,
+    /// The guest's /proc/kvm_apf counter NAME ends at least N (repeatable).
+    #[arg(long, value_name = "NAME=N", value_parser = counter_min)]
+    guest_min: Vec<(String, u64)>,
+    /// Some line of the output contains TEXT (repeatable).
+    #[arg(long, value_name = "TEXT", value_parser = text)]
+    console_has: Vec<String>,
+    /// Move the VM during the run: snapshot and lazy restore, or post-copy
+    /// migration to a second VMM.
+    #[arg(
+        long = "move",
+        value_enum,
+        value_name = "snapshot|postcopy",
+        hide_possible_values = true,
+        requires = "move_at"
+    )]
+    move_kind: Option<MoveKind>,
+    /// With --move: move when a line of the output contains TEXT (repeatable:
+    /// one move each, in order).
+    #[arg(long, value_name = "TEXT", value_parser = text, requires = "move_kind")]
+    move_at: Vec<String>,
+    /// With --move: stop the vCPUs only with at least N tasks parked, 0..1000.
+    #[arg(long, value_name = "N", requires = "move_kind",
+          value_parser = decimal::<0, MAX_MIN_PARKED>)]
+    min_parked: Option<u64>,
+    /// With --move: --uffd-latency-us of the restoring or receiving VMM,
+    /// 0..1000000 [default: 0].
+    #[arg(long, value_name = "N", requires = "move_kind",
+          value_parser = decimal::<0, MAX_RESTORE_LATENCY_US>)]
+    restore_latency_us: Option<u64>,
+    /// With --move snapshot: restore with --prefetch.
+    #[arg(long, requires = "move_kind")]
+    restore_prefetch: bool,
+    /// With --move: move K (0-based, 0..100) must stop with an un-ACKed
+    /// PAGE_READY in a control block.
+    #[arg(long, value_name = "K", requires = "move_kind",
+          value_parser = decimal::<0, MAX_UNACKED_AT>)]
+    unacked_at: Option<u64>,
+    /// The VMM and its arguments, after --.
+    #[arg(last = true, required = true, value_name = "VMM ARGS")]
+    command: Vec<OsString>,
 }
 
-/// Command line errors.
-#[derive(Debug, Error, PartialEq, Eq)]
-pub enum E2eArgsError {
-    /// An option this program does not know.
-    #[error("unknown option '{0}'")]
-    UnknownOption(String),
-    /// An option without its value.
-    #[error("option {0} needs a value")]
-    MissingValue(&'static str),
-    /// The same option twice.
-    #[error("option {0} given more than once")]
-    Duplicate(&'static str),
-    /// A value that cannot be used.
-    #[error("invalid value '{value}' for {option}: {reason}")]
-    InvalidValue {
-        /// The option.
-        option: &'static str,
-        /// The value, lossily converted.
-        value: String,
-        /// Why.
-        reason: String,
-    },
-    /// An option that only applies with swap.
-    #[error("{0} needs --swap-disk or --swap-zram")]
-    NeedsSwap(&'static str),
-    /// A move option without --move, or --move without --move-at.
-    #[error("{0}")]
-    Moves(&'static str),
-    /// Nothing after `--`, or no `--`.
-    #[error("no VMM command given (put it after --)")]
-    NoCommand,
-}
-
-/// The usage text.
-pub fn usage() -> String {
-    format!(
-        "Usage: apf-e2e [OPTIONS] -- VMM [VMM ARGS...]\n\
-         Runs the VMM (apf-vmm booting a guest that runs /bin/apf-workload),\n\
-         echoes its output, and checks the workload result and the APF counters\n\
-         of guest and host. Exit status: 0 pass, 1 fail, 2 bad usage.\n\
-         \n\
-         Options:\n\
-         \x20 --expect events|none  events: PAGE_NOT_PRESENT and PAGE_READY were seen;\n\
-         \x20                       none: no APF event at all (APF hidden)\n\
-         \x20                       (default: only host/guest agreement)\n\
-         \x20 --swap-zram MIB       set up MIB of swap on /dev/zram0 for the run, {MIN_SWAP_MIB}..{MAX_SWAP_MIB}\n\
-         \x20 --swap-disk NAME      use block device /dev/NAME (e.g. vda) whole as swap for the run\n\
-         \x20 --page-cluster N      with swap: vm.page-cluster for the run, 0..{MAX_PAGE_CLUSTER}, restored after\n\
-         \x20                       (default {DEFAULT_PAGE_CLUSTER}: no swap readahead)\n\
-         \x20 --timeout SECS        kill the VMM after SECS seconds, 1..{MAX_TIMEOUT_SECS} (default {DEFAULT_TIMEOUT_SECS})\n\
-         \x20 --guest-min NAME=N    the guest's /proc/kvm_apf counter NAME ends at least N (repeatable)\n\
-         \x20 --console-has TEXT    some line of the output contains TEXT (repeatable)\n\
-         \x20 -h, --help            this text\n\
-         \n\
-         With swap, the run also fails unless the swap device was read from during\n\
-         the run (swap-ins, /sys/block/NAME/stat) and the VMM's cgroup saw no OOM\n\
-         (its 'cgroup:' line, or the cgroup a killed VMM left behind).\n"
-    )
-}
-
-fn number(option: &'static str, value: &OsString, min: u64, max: u64) -> Result<u64, E2eArgsError> {
-    let text = value.to_string_lossy().into_owned();
-    let bad = |reason: String| E2eArgsError::InvalidValue {
-        option,
-        value: text.clone(),
-        reason,
-    };
-    if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(bad("not a decimal number".into()));
+/// A decimal number (digits only) in `MIN..=MAX`.
+fn decimal<const MIN: u64, const MAX: u64>(s: &str) -> Result<u64, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("not a decimal number".into());
     }
-    let n: u64 = text.parse().map_err(|_| bad("number too large".into()))?;
-    if n < min || n > max {
-        return Err(bad(format!("must be {min}..{max}")));
+    let n: u64 = s.parse().map_err(|_| "number too large".to_string())?;
+    if n < MIN || n > MAX {
+        return Err(format!("must be {MIN}..{MAX}"));
     }
     Ok(n)
 }
 
+/// A block device name such as `vda`.
+fn disk_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        return Err("expected a block device name such as vda".into());
+    }
+    Ok(s.to_string())
+}
+
 /// `NAME=N`: a counter name (lower case and `_`) and its least value.
-fn counter_min(option: &'static str, value: &OsString) -> Result<(String, u64), E2eArgsError> {
-    let text = value.to_string_lossy().into_owned();
-    let bad = || E2eArgsError::InvalidValue {
-        option,
-        value: text.clone(),
-        reason: "expected NAME=N, NAME a counter of /proc/kvm_apf".into(),
-    };
-    let (name, n) = text.split_once('=').ok_or_else(bad)?;
+fn counter_min(s: &str) -> Result<(String, u64), String> {
+    let bad = || "expected NAME=N, NAME a counter of /proc/kvm_apf".to_string();
+    let (name, n) = s.split_once('=').ok_or_else(bad)?;
     if name.is_empty() || !name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
         return Err(bad());
     }
-    let n = number(option, &OsString::from(n), 0, u64::MAX)?;
-    Ok((name.to_string(), n))
+    Ok((name.to_string(), decimal::<0, { u64::MAX }>(n)?))
 }
 
-fn set_once<T>(slot: &mut Option<T>, name: &'static str, v: T) -> Result<(), E2eArgsError> {
-    if slot.is_some() {
-        return Err(E2eArgsError::Duplicate(name));
+/// A non-empty text.
+fn text(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("expected a non-empty text".into());
     }
-    *slot = Some(v);
-    Ok(())
+    Ok(s.to_string())
 }
 
-/// Parses the arguments after the program name.
-pub fn parse<I>(args: I) -> Result<E2eCommand, E2eArgsError>
+impl From<Cli> for E2eArgs {
+    fn from(c: Cli) -> E2eArgs {
+        // clap has checked the ranges and that the move options come with
+        // --move and --move-at.
+        let moves = c.move_kind.map(|kind| Moves {
+            kind,
+            at: c.move_at,
+            min_parked: c.min_parked.map_or(0, |n| n as u32),
+            latency_us: c.restore_latency_us.unwrap_or(0),
+            prefetch: c.restore_prefetch,
+            unacked_at: c.unacked_at.map(|n| n as usize),
+        });
+        let with_swap = c.swap_disk.is_some();
+        E2eArgs {
+            expect: match c.expect {
+                None => Expect::Any,
+                Some(ExpectArg::Events) => Expect::Events,
+                Some(ExpectArg::None) => Expect::None,
+            },
+            swap_disk: c.swap_disk,
+            page_cluster: with_swap
+                .then(|| c.page_cluster.map_or(DEFAULT_PAGE_CLUSTER, |n| n as u32)),
+            timeout_secs: c.timeout,
+            guest_min: c.guest_min,
+            console_has: c.console_has,
+            moves,
+            command: c.command,
+        }
+    }
+}
+
+/// Parses the arguments after the program name. `--help` comes back as an
+/// error of kind `DisplayHelp`; `clap::Error::exit` prints it and exits 0,
+/// and exits 2 for any other error.
+pub fn parse<I>(args: I) -> Result<E2eArgs, clap::Error>
 where
     I: IntoIterator<Item = OsString>,
 {
-    let mut iter = args.into_iter();
-    let mut expect = None;
-    let mut swap = None;
-    let mut disk = None;
-    let mut page_cluster = None;
-    let mut timeout = None;
-    let mut guest_min = Vec::new();
-    let mut console_has = Vec::new();
-    let mut move_kind = None;
-    let mut move_at = Vec::new();
-    let mut min_parked = None;
-    let mut restore_latency = None;
-    let mut prefetch = false;
-    let mut unacked_at = None;
-    let mut command = None;
+    let argv = std::iter::once(OsString::from("apf-e2e")).chain(args);
+    Cli::try_parse_from(argv).map(E2eArgs::from)
+}
 
-    while let Some(arg) = iter.next() {
-        let text = arg.to_string_lossy().into_owned();
-        if text == "--" {
-            command = Some(iter.by_ref().collect::<Vec<_>>());
-            break;
-        }
-        if text == "-h" || text == "--help" {
-            return Ok(E2eCommand::Help);
-        }
-        if text == "--restore-prefetch" {
-            if prefetch {
-                return Err(E2eArgsError::Duplicate("--restore-prefetch"));
-            }
-            prefetch = true;
-            continue;
-        }
-        let (name, inline) = match text.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_string(), Some(OsString::from(v))),
-            _ => (text.clone(), None),
-        };
-        let option: &'static str = match name.as_str() {
-            "--expect" => "--expect",
-            "--swap-zram" => "--swap-zram",
-            "--swap-disk" => "--swap-disk",
-            "--page-cluster" => "--page-cluster",
-            "--timeout" => "--timeout",
-            "--guest-min" => "--guest-min",
-            "--console-has" => "--console-has",
-            "--move" => "--move",
-            "--move-at" => "--move-at",
-            "--min-parked" => "--min-parked",
-            "--restore-latency-us" => "--restore-latency-us",
-            "--unacked-at" => "--unacked-at",
-            _ => return Err(E2eArgsError::UnknownOption(text)),
-        };
-        let value = match inline {
-            Some(v) => v,
-            None => iter.next().ok_or(E2eArgsError::MissingValue(option))?,
-        };
-        match option {
-            "--expect" => {
-                let e = match value.to_str() {
-                    Some("events") => Expect::Events,
-                    Some("none") => Expect::None,
-                    _ => {
-                        return Err(E2eArgsError::InvalidValue {
-                            option,
-                            value: value.to_string_lossy().into_owned(),
-                            reason: "expected events or none".into(),
-                        })
-                    }
-                };
-                set_once(&mut expect, option, e)?;
-            }
-            "--swap-zram" => {
-                let n = number(option, &value, MIN_SWAP_MIB, MAX_SWAP_MIB)?;
-                set_once(&mut swap, option, n)?;
-            }
-            "--swap-disk" => {
-                let name = value
-                    .to_str()
-                    .filter(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric()));
-                let Some(name) = name else {
-                    return Err(E2eArgsError::InvalidValue {
-                        option,
-                        value: value.to_string_lossy().into_owned(),
-                        reason: "expected a block device name such as vda".into(),
-                    });
-                };
-                set_once(&mut disk, option, name.to_string())?;
-            }
-            "--page-cluster" => {
-                let n = number(option, &value, 0, u64::from(MAX_PAGE_CLUSTER))?;
-                // At most MAX_PAGE_CLUSTER, so it fits.
-                let n = u32::try_from(n).unwrap_or(MAX_PAGE_CLUSTER);
-                set_once(&mut page_cluster, option, n)?;
-            }
-            "--guest-min" => guest_min.push(counter_min(option, &value)?),
-            "--move" => {
-                let k = match value.to_str() {
-                    Some("snapshot") => MoveKind::Snapshot,
-                    Some("postcopy") => MoveKind::Postcopy,
-                    _ => {
-                        return Err(E2eArgsError::InvalidValue {
-                            option,
-                            value: value.to_string_lossy().into_owned(),
-                            reason: "expected snapshot or postcopy".into(),
-                        })
-                    }
-                };
-                set_once(&mut move_kind, option, k)?;
-            }
-            "--min-parked" => {
-                let n = number(option, &value, 0, 1000)?;
-                set_once(&mut min_parked, option, n as u32)?;
-            }
-            "--restore-latency-us" => {
-                let n = number(option, &value, 0, 1_000_000)?;
-                set_once(&mut restore_latency, option, n)?;
-            }
-            "--unacked-at" => {
-                let n = number(option, &value, 0, 100)?;
-                set_once(&mut unacked_at, option, n as usize)?;
-            }
-            "--console-has" | "--move-at" => match value.to_str().filter(|t| !t.is_empty()) {
-                Some(text) if option == "--move-at" => move_at.push(text.to_string()),
-                Some(text) => console_has.push(text.to_string()),
-                None => {
-                    return Err(E2eArgsError::InvalidValue {
-                        option,
-                        value: value.to_string_lossy().into_owned(),
-                        reason: "expected a non-empty UTF-8 text".into(),
-                    })
-                }
-            },
-            _ => {
-                let n = number(option, &value, 1, MAX_TIMEOUT_SECS)?;
-                set_once(&mut timeout, option, n)?;
-            }
-        }
-    }
-
-    let command = command
-        .filter(|c| !c.is_empty())
-        .ok_or(E2eArgsError::NoCommand)?;
-    let with_swap = swap.is_some() || disk.is_some();
-    if !with_swap && page_cluster.is_some() {
-        return Err(E2eArgsError::NeedsSwap("--page-cluster"));
-    }
-    let moves = match move_kind {
-        Some(kind) if !move_at.is_empty() => Some(Moves {
-            kind,
-            at: move_at,
-            min_parked: min_parked.unwrap_or(0),
-            latency_us: restore_latency.unwrap_or(0),
-            prefetch,
-            unacked_at,
-        }),
-        Some(_) => return Err(E2eArgsError::Moves("--move needs at least one --move-at")),
-        None if !move_at.is_empty()
-            || min_parked.is_some()
-            || restore_latency.is_some()
-            || prefetch
-            || unacked_at.is_some() =>
-        {
-            return Err(E2eArgsError::Moves(
-                "--move-at, --min-parked and --restore-latency-us need --move",
-            ))
-        }
-        None => None,
-    };
-    Ok(E2eCommand::Run(E2eArgs {
-        expect: expect.unwrap_or(Expect::Any),
-        swap_zram_mib: swap,
-        swap_disk: disk,
-        page_cluster: with_swap.then(|| page_cluster.unwrap_or(DEFAULT_PAGE_CLUSTER)),
-        timeout_secs: timeout.unwrap_or(DEFAULT_TIMEOUT_SECS),
-        guest_min,
-        console_has,
-        moves,
-        command,
-    }))
+/// The `--help` text.
+pub fn usage() -> String {
+    use clap::CommandFactory;
+    Cli::command().render_long_help().to_string()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::error::ErrorKind;
 
-    fn p(args: &[&str]) -> Result<E2eCommand, E2eArgsError> {
+    fn p(args: &[&str]) -> Result<E2eArgs, clap::Error> {
         parse(args.iter().map(OsString::from))
     }
 
     fn run(args: &[&str]) -> E2eArgs {
         match p(args) {
-            Ok(E2eCommand::Run(a)) => a,
-            other => panic!("{other:?}"),
+            Ok(a) => a,
+            Err(e) => panic!("{args:?}: {e}"),
         }
+    }
+
+    /// The kind of error `args` give.
+    fn kind(args: &[&str]) -> ErrorKind {
+        match p(args) {
+            Ok(a) => panic!("{args:?} parsed: {a:?}"),
+            Err(e) => e.kind(),
+        }
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -416,7 +312,14 @@ mod tests {
             m.at,
             vec!["workload: start".to_string(), "round 1/".to_string()]
         );
-        assert_eq!((m.min_parked, m.latency_us, m.prefetch), (2, 500, false));
+        assert_eq!(
+            (m.min_parked, m.latency_us, m.prefetch, m.unacked_at),
+            (2, 500, false, None)
+        );
+        let a = run(&["--move", "postcopy", "--move-at", "x", "--", "vmm"]);
+        let m = a.moves.unwrap();
+        assert_eq!(m.kind, MoveKind::Postcopy);
+        assert_eq!((m.min_parked, m.latency_us), (0, 0));
         let a = run(&[
             "--move",
             "snapshot",
@@ -438,98 +341,168 @@ mod tests {
             "vmm",
         ]);
         assert_eq!(a.moves.unwrap().unacked_at, Some(1));
-        assert!(matches!(
-            p(&["--restore-prefetch", "--", "vmm"]),
-            Err(E2eArgsError::Moves(_))
-        ));
         assert!(run(&["--", "vmm"]).moves.is_none());
-        assert!(matches!(
-            p(&["--move", "postcopy", "--", "vmm"]),
-            Err(E2eArgsError::Moves(_))
-        ));
-        assert!(matches!(
-            p(&["--move-at", "x", "--", "vmm"]),
-            Err(E2eArgsError::Moves(_))
-        ));
-        assert!(matches!(
-            p(&["--min-parked", "1", "--", "vmm"]),
-            Err(E2eArgsError::Moves(_))
-        ));
-        assert!(p(&["--move", "teleport", "--move-at", "x", "--", "vmm"]).is_err());
-        assert!(p(&[
-            "--move",
-            "snapshot",
-            "--move-at",
-            "x",
-            "--min-parked",
-            "1001",
-            "--",
-            "vmm"
-        ])
-        .is_err());
+        // --move needs --move-at, and every move option needs --move.
+        assert_eq!(
+            kind(&["--move", "postcopy", "--", "vmm"]),
+            ErrorKind::MissingRequiredArgument
+        );
+        for opt in [
+            &["--move-at", "x"][..],
+            &["--min-parked", "1"],
+            &["--restore-latency-us", "1"],
+            &["--restore-prefetch"],
+            &["--unacked-at", "0"],
+        ] {
+            let args = [opt, &["--", "vmm"]].concat();
+            assert_eq!(kind(&args), ErrorKind::MissingRequiredArgument, "{opt:?}");
+        }
+        assert_eq!(
+            kind(&["--move", "teleport", "--move-at", "x", "--", "vmm"]),
+            ErrorKind::InvalidValue
+        );
+        let with = |opt: &'static str, v: &'static str| {
+            ["--move", "snapshot", "--move-at", "x", opt, v, "--", "vmm"]
+        };
+        assert_eq!(
+            run(&with("--min-parked", "1000")).moves.unwrap().min_parked,
+            1000
+        );
+        assert_eq!(
+            run(&with("--restore-latency-us", "1000000"))
+                .moves
+                .unwrap()
+                .latency_us,
+            1_000_000
+        );
+        assert_eq!(
+            run(&with("--unacked-at", "100")).moves.unwrap().unacked_at,
+            Some(100)
+        );
+        for (opt, bad) in [
+            ("--min-parked", "1001"),
+            ("--restore-latency-us", "1000001"),
+            ("--unacked-at", "101"),
+            ("--move-at", ""),
+        ] {
+            assert_eq!(
+                kind(&with(opt, bad)),
+                ErrorKind::ValueValidation,
+                "{opt} {bad}"
+            );
+        }
     }
 
     #[test]
     fn defaults_and_full() {
         let a = run(&["--", "/bin/apf-vmm", "--kernel", "k"]);
         assert_eq!(a.expect, Expect::Any);
-        assert_eq!(a.swap_zram_mib, None);
+        assert_eq!(a.swap_disk, None);
         assert_eq!(a.timeout_secs, DEFAULT_TIMEOUT_SECS);
         assert_eq!(a.command, ["/bin/apf-vmm", "--kernel", "k"]);
 
         let a = run(&[
             "--expect",
             "events",
-            "--swap-zram=512",
             "--timeout",
             "90",
             "--",
             "vmm",
             "--",
             "--expect",
+            "-h",
         ]);
         assert_eq!(a.expect, Expect::Events);
-        assert_eq!(a.swap_zram_mib, Some(512));
         assert_eq!(a.timeout_secs, 90);
         // Everything after the first -- belongs to the VMM.
-        assert_eq!(a.command, ["vmm", "--", "--expect"]);
+        assert_eq!(a.command, ["vmm", "--", "--expect", "-h"]);
         assert_eq!(run(&["--expect=none", "--", "v"]).expect, Expect::None);
+        assert_eq!(run(&["--timeout=86400", "--", "v"]).timeout_secs, 86_400);
+        assert_eq!(run(&["--timeout", "1", "--", "v"]).timeout_secs, 1);
     }
 
     #[test]
     fn errors() {
-        assert_eq!(p(&[]), Err(E2eArgsError::NoCommand));
-        assert_eq!(p(&["--expect", "none"]), Err(E2eArgsError::NoCommand));
-        assert_eq!(p(&["--"]), Err(E2eArgsError::NoCommand));
+        for no_command in [&[][..], &["--expect", "none"], &["--"]] {
+            assert_eq!(
+                kind(no_command),
+                ErrorKind::MissingRequiredArgument,
+                "{no_command:?}"
+            );
+        }
+        assert_eq!(kind(&["--bogus", "--", "v"]), ErrorKind::UnknownArgument);
         assert_eq!(
-            p(&["--bogus", "--", "v"]),
-            Err(E2eArgsError::UnknownOption("--bogus".into()))
+            kind(&["--swap-zram", "64", "--", "v"]),
+            ErrorKind::UnknownArgument
         );
-        assert_eq!(p(&["vmm"]), Err(E2eArgsError::UnknownOption("vmm".into())));
+        // The VMM only after --.
+        assert_eq!(kind(&["vmm"]), ErrorKind::UnknownArgument);
+        assert_eq!(kind(&["--timeout"]), ErrorKind::InvalidValue);
         assert_eq!(
-            p(&["--timeout"]),
-            Err(E2eArgsError::MissingValue("--timeout"))
+            kind(&["--expect", "none", "--expect", "events", "--", "v"]),
+            ErrorKind::ArgumentConflict
         );
         assert_eq!(
-            p(&["--expect", "none", "--expect", "events", "--", "v"]),
-            Err(E2eArgsError::Duplicate("--expect"))
+            kind(&["--timeout", "5", "--timeout", "5", "--", "v"]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&[
+                "--move",
+                "snapshot",
+                "--move-at",
+                "x",
+                "--restore-prefetch",
+                "--restore-prefetch",
+                "--",
+                "v"
+            ]),
+            ErrorKind::ArgumentConflict
+        );
+        assert_eq!(
+            kind(&["--expect", "some", "--", "v"]),
+            ErrorKind::InvalidValue
         );
         for bad in [
-            &["--expect", "some", "--", "v"][..],
-            &["--timeout", "0", "--", "v"],
-            &["--timeout", "86401", "--", "v"],
-            &["--timeout", "-1", "--", "v"],
-            &["--swap-zram", "0", "--", "v"],
-            &["--swap-zram", "1e3", "--", "v"],
-            &["--swap-zram", "99999999999999999999999", "--", "v"],
+            "0",
+            "86401",
+            "-1",
+            "+5",
+            " 5",
+            "1e3",
+            "99999999999999999999999",
+            "",
         ] {
-            assert!(
-                matches!(p(bad), Err(E2eArgsError::InvalidValue { .. })),
+            assert!(p(&["--timeout", bad, "--", "v"]).is_err(), "{bad:?}");
+        }
+        for bad in ["0", "86401", "+5", "1e3", "99999999999999999999999", ""] {
+            assert_eq!(
+                kind(&["--timeout", bad, "--", "v"]),
+                ErrorKind::ValueValidation,
                 "{bad:?}"
             );
         }
-        assert_eq!(p(&["--help"]), Ok(E2eCommand::Help));
-        assert!(usage().contains("--swap-zram"));
+        assert_eq!(kind(&["--help"]), ErrorKind::DisplayHelp);
+        assert_eq!(kind(&["-h"]), ErrorKind::DisplayHelp);
+        let u = usage();
+        for opt in [
+            "--expect",
+            "--swap-disk",
+            "--page-cluster",
+            "--timeout",
+            "--guest-min",
+            "--console-has",
+            "--move ",
+            "--move-at",
+            "--min-parked",
+            "--restore-latency-us",
+            "--restore-prefetch",
+            "--unacked-at",
+            "Exit status: 0 pass, 1 fail, 2 bad usage.",
+        ] {
+            assert!(u.contains(opt), "{opt} not in\n{u}");
+        }
+        assert!(!u.contains("--swap-zram"));
     }
 
     #[test]
@@ -537,8 +510,18 @@ mod tests {
         let a = run(&["--swap-disk", "vda", "--", "v"]);
         assert_eq!(a.swap_disk.as_deref(), Some("vda"));
         assert_eq!(a.page_cluster, Some(DEFAULT_PAGE_CLUSTER));
-        for bad in ["", "../vda", "vd a"] {
-            assert!(p(&["--swap-disk", bad, "--", "v"]).is_err(), "{bad:?}");
+        assert_eq!(
+            run(&["--swap-disk=nvme0n1", "--", "v"])
+                .swap_disk
+                .as_deref(),
+            Some("nvme0n1")
+        );
+        for bad in ["", "../vda", "vd a", "vda/"] {
+            assert_eq!(
+                kind(&["--swap-disk", bad, "--", "v"]),
+                ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
         }
     }
 
@@ -546,28 +529,33 @@ mod tests {
     fn page_cluster() {
         assert_eq!(run(&["--", "v"]).page_cluster, None);
         assert_eq!(
-            run(&["--swap-zram", "64", "--page-cluster=3", "--", "v"]).page_cluster,
+            run(&["--swap-disk", "vda", "--page-cluster=3", "--", "v"]).page_cluster,
             Some(3)
         );
         assert_eq!(
             run(&["--page-cluster", "31", "--swap-disk", "vda", "--", "v"]).page_cluster,
-            Some(31)
+            Some(MAX_PAGE_CLUSTER)
         );
+        // Only with swap.
         assert_eq!(
-            p(&["--page-cluster", "0", "--", "v"]),
-            Err(E2eArgsError::NeedsSwap("--page-cluster"))
+            kind(&["--page-cluster", "0", "--", "v"]),
+            ErrorKind::MissingRequiredArgument
         );
         for bad in ["32", "-1", "x", ""] {
             assert!(
-                matches!(
-                    p(&["--swap-disk", "vda", "--page-cluster", bad, "--", "v"]),
-                    Err(E2eArgsError::InvalidValue { .. })
-                ),
+                p(&["--swap-disk", "vda", "--page-cluster", bad, "--", "v"]).is_err(),
+                "{bad:?}"
+            );
+        }
+        for bad in ["32", "x", ""] {
+            assert_eq!(
+                kind(&["--swap-disk", "vda", "--page-cluster", bad, "--", "v"]),
+                ErrorKind::ValueValidation,
                 "{bad:?}"
             );
         }
         assert_eq!(
-            p(&[
+            kind(&[
                 "--swap-disk",
                 "vda",
                 "--page-cluster",
@@ -577,9 +565,8 @@ mod tests {
                 "--",
                 "v"
             ]),
-            Err(E2eArgsError::Duplicate("--page-cluster"))
+            ErrorKind::ArgumentConflict
         );
-        assert!(usage().contains("--page-cluster"));
     }
 
     #[test]
@@ -595,14 +582,19 @@ mod tests {
             a.guest_min,
             [("killed".to_string(), 1), ("migrated".to_string(), 0)]
         );
-        for bad in ["killed", "=1", "Killed=1", "killed=x", "killed=-1"] {
-            assert!(matches!(
-                p(&["--guest-min", bad, "--", "v"]),
-                Err(E2eArgsError::InvalidValue {
-                    option: "--guest-min",
-                    ..
-                })
-            ));
+        for bad in [
+            "killed",
+            "=1",
+            "Killed=1",
+            "killed=x",
+            "killed=-1",
+            "killed=",
+        ] {
+            assert_eq!(
+                kind(&["--guest-min", bad, "--", "v"]),
+                ErrorKind::ValueValidation,
+                "{bad:?}"
+            );
         }
     }
 
@@ -610,12 +602,65 @@ mod tests {
     fn console_has_is_repeatable_and_not_empty() {
         let a = run(&["--console-has", "ACPI: APIC ", "--console-has=x", "--", "v"]);
         assert_eq!(a.console_has, ["ACPI: APIC ", "x"]);
-        assert!(matches!(
-            p(&["--console-has", "", "--", "v"]),
-            Err(E2eArgsError::InvalidValue {
-                option: "--console-has",
-                ..
-            })
-        ));
+        assert_eq!(
+            kind(&["--console-has", "", "--", "v"]),
+            ErrorKind::ValueValidation
+        );
+    }
+
+    /// Splits a line of a test list as the guest's init does: on blanks,
+    /// an argument in double quotes may hold spaces.
+    fn list_words(line: &str) -> Vec<String> {
+        let mut words = Vec::new();
+        let mut rest = line.trim_start();
+        while !rest.is_empty() {
+            let (word, tail) = match rest.strip_prefix('"') {
+                Some(q) => q.split_once('"').unwrap_or((q, "")),
+                None => rest.split_once([' ', '\t']).unwrap_or((rest, "")),
+            };
+            words.push(word.to_string());
+            rest = tail.trim_start();
+        }
+        words
+    }
+
+    #[test]
+    fn list_words_split_like_init() {
+        assert_eq!(
+            list_words("a 30 /bin/x --c \"d e\"  f\t\"\""),
+            ["a", "30", "/bin/x", "--c", "d e", "f", ""]
+        );
+    }
+
+    /// Every apf-e2e command of the test lists parses.
+    #[test]
+    fn test_lists_parse() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "list") {
+                continue;
+            }
+            let content = std::fs::read_to_string(&path).unwrap();
+            for line in content.lines() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let words = list_words(line);
+                // NAME TIMEOUT COMMAND ARGS...
+                let Some(cmd) = words.get(2) else { continue };
+                if !cmd.ends_with("/apf-e2e") {
+                    continue;
+                }
+                let args: Vec<OsString> = words[3..].iter().map(OsString::from).collect();
+                if let Err(e) = parse(args) {
+                    panic!("{}: {line}: {e}", path.display());
+                }
+                seen += 1;
+            }
+        }
+        assert!(seen >= 10, "only {seen} apf-e2e lines in {dir}");
     }
 }

@@ -6,8 +6,8 @@
 //! - `args`: the driver's command line.
 //! - `parse`: reading the VMM's output (guest console and VMM statistics).
 //! - `check`: the checks and the verdict.
-//! - `swap`: zram or disk swap, `vm.page-cluster` and cgroup v2 set-up in
-//!   the emulated host.
+//! - `swap`: disk swap, `vm.page-cluster` and cgroup v2 set-up in the
+//!   emulated host.
 //! - `diskstat`: the swap device's I/O counters around a run.
 
 pub mod args;

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Swap on zram and cgroup v2 for the cgroup memory mode, in the emulated
-//! host, which has no mkswap: the driver writes the swap header itself.
+//! Swap on a block device and cgroup v2 for the cgroup memory mode, in the
+//! emulated host, which has no mkswap: the driver writes the swap header itself.
 //!
 //! The header is Linux's `union swap_header` (`include/linux/swap.h`) in
 //! its first page: `info` at byte 1024 (version 1, last page, no bad
@@ -274,56 +274,6 @@ impl Drop for PageCluster {
     }
 }
 
-/// A zram device in use as swap; swapped off and reset on drop.
-pub struct ZramSwap {
-    device: PathBuf,
-    sysfs: PathBuf,
-}
-
-impl ZramSwap {
-    /// Sizes zram device `name` (e.g. `zram0`) to `mib` MiB, writes a swap
-    /// header and swaps on it. `dev` and `sys_block` are `/dev` and
-    /// `/sys/block` (parameters for tests).
-    pub fn setup(
-        dev: &Path,
-        sys_block: &Path,
-        name: &str,
-        mib: u64,
-    ) -> Result<ZramSwap, SwapError> {
-        let device = dev.join(name);
-        let sysfs = sys_block.join(name);
-        let bytes = mib.checked_mul(1 << 20).ok_or(SwapError::BadSize {
-            bytes: u64::MAX,
-            page_size: page_size(),
-        })?;
-        // A size set by an earlier run must be reset before a new one.
-        let disksize = sysfs.join("disksize");
-        let current = fs::read_to_string(&disksize).map_err(io_err(&disksize))?;
-        if current.trim() != "0" {
-            let reset = sysfs.join("reset");
-            fs::write(&reset, "1").map_err(io_err(&reset))?;
-        }
-        // Checked before the device is touched.
-        swap_header(bytes, page_size(), make_uuid())?;
-        fs::write(&disksize, bytes.to_string()).map_err(io_err(&disksize))?;
-        swap_on(&device, bytes)?;
-        Ok(ZramSwap { device, sysfs })
-    }
-
-    /// The swap device.
-    pub fn device(&self) -> &Path {
-        &self.device
-    }
-}
-
-impl Drop for ZramSwap {
-    fn drop(&mut self) {
-        if swap_off(&self.device) {
-            let _ = fs::write(self.sysfs.join("reset"), "1");
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,32 +318,26 @@ mod tests {
     }
 
     #[test]
-    fn zram_setup_errors_name_the_file() {
-        let dir = std::env::temp_dir().join(format!("apf-e2e-zram-{}", std::process::id()));
+    fn disk_setup_errors_name_the_file() {
+        let dir = std::env::temp_dir().join(format!("apf-e2e-disk-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(dir.join("sys/zram0")).unwrap();
-        // No disksize file: the error names it.
-        let e = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 16)
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("disksize"), "{e}");
-        // With sysfs files but no device: sized, then the device is missing.
-        fs::write(dir.join("sys/zram0/disksize"), "0").unwrap();
-        let e = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 16)
-            .err()
-            .unwrap();
-        assert!(e.to_string().contains("dev/zram0"), "{e}");
-        assert_eq!(
-            fs::read_to_string(dir.join("sys/zram0/disksize")).unwrap(),
-            (16u64 << 20).to_string()
-        );
-        // An earlier size is reset first.
-        fs::write(dir.join("sys/zram0/reset"), "").unwrap();
-        let _ = ZramSwap::setup(&dir.join("dev"), &dir.join("sys"), "zram0", 8);
-        assert_eq!(
-            fs::read_to_string(dir.join("sys/zram0/reset")).unwrap(),
-            "1"
-        );
+        fs::create_dir_all(dir.join("sys/vdz")).unwrap();
+        let setup = || {
+            DiskSwap::setup(&dir.join("dev"), &dir.join("sys"), "vdz")
+                .err()
+                .unwrap()
+                .to_string()
+        };
+        // No size file, then one that is not a number: the error names it.
+        assert!(setup().contains("vdz/size"));
+        fs::write(dir.join("sys/vdz/size"), "lots\n").unwrap();
+        assert!(setup().contains("vdz/size"));
+        // Too small for a swap area.
+        fs::write(dir.join("sys/vdz/size"), "8\n").unwrap();
+        assert!(setup().contains("not usable"));
+        // Big enough, but no device.
+        fs::write(dir.join("sys/vdz/size"), "131072\n").unwrap();
+        assert!(setup().contains("dev/vdz"));
         fs::remove_dir_all(&dir).unwrap();
     }
 
