@@ -34,6 +34,14 @@ pub enum CgroupError {
     /// The memory controller cannot be used.
     #[error("the cgroup v2 memory controller is not available in {0}/cgroup.controllers")]
     NoMemoryController(PathBuf),
+    /// Mounting cgroup2 failed.
+    #[error("mounting cgroup2 on {path}: {source}")]
+    Mount {
+        /// The mount point.
+        path: PathBuf,
+        /// Cause.
+        source: io::Error,
+    },
     /// A cgroup file could not be read or written.
     #[error("{path}: {source}")]
     Io {
@@ -64,6 +72,37 @@ pub fn check_cgroup2(root: &Path) -> Result<(), CgroupError> {
         return Err(not_v2());
     }
     Ok(())
+}
+
+/// Mounts cgroup2 on `root` unless it is there already (apf-e2e does, in
+/// the emulated host). Returns whether it mounted it.
+pub fn ensure_cgroup2(root: &Path) -> Result<bool, CgroupError> {
+    if check_cgroup2(root).is_ok() {
+        return Ok(false);
+    }
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    let mount_err = |source| CgroupError::Mount {
+        path: root.to_path_buf(),
+        source,
+    };
+    let target = CString::new(root.as_os_str().as_bytes())
+        .map_err(|_| mount_err(io::ErrorKind::InvalidInput.into()))?;
+    let fstype = c"cgroup2";
+    // SAFETY: all strings are NUL-terminated and live for the call; no
+    // data argument.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if ret != 0 {
+        return Err(mount_err(io::Error::last_os_error()));
+    }
+    Ok(true)
 }
 
 /// Whether a `cgroup.controllers` / `cgroup.subtree_control` line lists `name`.
@@ -193,6 +232,18 @@ mod tests {
             check_cgroup2(&root.join("missing")),
             Err(CgroupError::NotCgroup2(_))
         ));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn ensure_cgroup2_reports_what_failed() {
+        let root = fake_root("ensure");
+        let file = root.join("file");
+        fs::write(&file, "").unwrap();
+        // Below a regular file: the mount point cannot be made.
+        let e = ensure_cgroup2(&file.join("cg")).unwrap_err();
+        assert!(matches!(e, CgroupError::Io { .. }), "{e}");
+        assert!(e.to_string().contains("file/cg"), "{e}");
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -20,18 +20,15 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use apf_vmm::cgroup::{self, CGROUP_ROOT};
 use apf_vmm::control;
 use apf_vmm::e2e::args::{self, E2eArgs, MoveKind};
 use apf_vmm::e2e::check::{self, SwapDelta, VmmEnd};
 use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
 use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster};
+use apf_vmm::error::EXIT_FAILURE;
 use apf_vmm::memcg::{self, MemcgReport};
-
-const EXIT_FAIL: u8 = 1;
-
-/// Where the VMM's cgroup mode expects cgroup v2.
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// After a kill, how long to wait for the rest of the output.
 const DRAIN: Duration = Duration::from_secs(3);
@@ -377,7 +374,7 @@ fn run(args: E2eArgs) -> u8 {
 
     if args.swap_disk.is_some() {
         // Swap is for the cgroup memory mode, which needs cgroup v2.
-        match swap::ensure_cgroup2(Path::new(CGROUP_ROOT)) {
+        match cgroup::ensure_cgroup2(Path::new(CGROUP_ROOT)) {
             Ok(true) => say(&format!("e2e: mounted cgroup2 on {CGROUP_ROOT}")),
             Ok(false) => {}
             // The VMM says so itself if it needs it.
@@ -394,7 +391,7 @@ fn run(args: E2eArgs) -> u8 {
             Err(e) => {
                 say(&format!("e2e: check swap: FAIL ({e})"));
                 say("e2e: FAIL (swap)");
-                return EXIT_FAIL;
+                return EXIT_FAILURE;
             }
         },
     };
@@ -408,7 +405,7 @@ fn run(args: E2eArgs) -> u8 {
             Err(e) => {
                 say(&format!("e2e: check swap: FAIL ({e})"));
                 say("e2e: FAIL (swap)");
-                return EXIT_FAIL;
+                return EXIT_FAILURE;
             }
         },
     };
@@ -420,7 +417,7 @@ fn run(args: E2eArgs) -> u8 {
             Err(e) => {
                 say(&format!("e2e: check swap: FAIL ({e})"));
                 say("e2e: FAIL (swap)");
-                return EXIT_FAIL;
+                return EXIT_FAILURE;
             }
         },
     };
@@ -444,7 +441,7 @@ fn run(args: E2eArgs) -> u8 {
                 cmdline[0]
             ));
             say("e2e: FAIL (vmm-exit)");
-            return EXIT_FAIL;
+            return EXIT_FAILURE;
         }
     };
     let swap_delta: Option<SwapDelta> = io_before.map(|(name, before)| {
@@ -481,7 +478,7 @@ fn run(args: E2eArgs) -> u8 {
     if ok {
         0
     } else {
-        EXIT_FAIL
+        EXIT_FAILURE
     }
 }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Swap on a block device and cgroup v2 for the cgroup memory mode, in the
-//! emulated host, which has no mkswap: the driver writes the swap header itself.
+//! Swap on a block device for the cgroup memory mode, in the emulated
+//! host, which has no mkswap: the driver writes the swap header itself.
 //!
 //! The header is Linux's `union swap_header` (`include/linux/swap.h`) in
 //! its first page: `info` at byte 1024 (version 1, last page, no bad
@@ -16,8 +16,6 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
-/// `CGROUP2_SUPER_MAGIC`.
-const CGROUP2_SUPER_MAGIC: u64 = 0x6367_7270;
 /// The swap signature.
 const SWAP_MAGIC: &[u8; 10] = b"SWAPSPACE2";
 /// Offset of `swap_header.info` (after `bootbits[1024]`).
@@ -48,14 +46,6 @@ pub enum SwapError {
     #[error("swapon({path}): {source}")]
     Swapon {
         /// The device.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
-    /// Mounting cgroup2 failed.
-    #[error("mounting cgroup2 on {path}: {source}")]
-    Mount {
-        /// The mount point.
         path: PathBuf,
         /// Cause.
         source: io::Error,
@@ -117,48 +107,6 @@ pub fn page_size() -> u64 {
     // SAFETY: sysconf has no memory safety requirements.
     let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
     u64::try_from(ps).ok().filter(|p| *p > 0).unwrap_or(4096)
-}
-
-/// Whether `path` is the root of a cgroup2 file system.
-pub fn is_cgroup2(path: &Path) -> bool {
-    let Ok(c) = cstring(path) else {
-        return false;
-    };
-    // SAFETY: statfs is plain data; zero is a valid value for it.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is NUL-terminated and `st` is valid for writing.
-    let ret = unsafe { libc::statfs(c.as_ptr(), &mut st) };
-    // f_type's integer type differs between libcs; compare as u64.
-    ret == 0 && st.f_type as u64 == CGROUP2_SUPER_MAGIC
-}
-
-/// Mounts cgroup2 on `path` unless it is there already. Returns whether it
-/// mounted it.
-pub fn ensure_cgroup2(path: &Path) -> Result<bool, SwapError> {
-    if is_cgroup2(path) {
-        return Ok(false);
-    }
-    fs::create_dir_all(path).map_err(io_err(path))?;
-    let target = cstring(path)?;
-    let fstype = c"cgroup2";
-    // SAFETY: all strings are NUL-terminated and live for the call; no
-    // data argument.
-    let ret = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if ret != 0 {
-        return Err(SwapError::Mount {
-            path: path.to_path_buf(),
-            source: io::Error::last_os_error(),
-        });
-    }
-    Ok(true)
 }
 
 /// Writes a swap header to `device` and swaps on it.
@@ -356,11 +304,5 @@ mod tests {
         drop(pc);
         assert_eq!(fs::read_to_string(&file).unwrap(), "3");
         fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn tmp_is_not_cgroup2() {
-        assert!(!is_cgroup2(&std::env::temp_dir()));
-        assert!(!is_cgroup2(Path::new("/nonexistent/apf-e2e")));
     }
 }
