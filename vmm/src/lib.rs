@@ -34,6 +34,7 @@ pub mod fdt;
 pub mod image;
 pub mod layout;
 pub mod lifecycle;
+pub mod lines;
 pub mod logger;
 pub mod memcg;
 pub mod memory;

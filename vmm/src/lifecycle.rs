@@ -117,6 +117,7 @@ mod kvm {
     use crate::error::Error;
     use crate::evict::EvictStats;
     use crate::layout::Region;
+    use crate::lines;
     use crate::memory::{self, GuestMem};
     use crate::migrate::{self, Requester};
     use crate::pagestore::PageStore;
@@ -282,7 +283,11 @@ mod kvm {
             if let Some(t) = migration_in {
                 match t.join() {
                     Ok(Ok(s)) if !quiet => {
-                        println!("migrate: received pages={} zero={}", s.received, s.zero)
+                        let r = lines::Received {
+                            pages: s.received,
+                            zero: s.zero,
+                        };
+                        println!("{r}")
                     }
                     Ok(Ok(_)) => {}
                     Ok(Err(e)) => log::error!("post-copy: {e}"),
@@ -297,7 +302,13 @@ mod kvm {
                             println!("{}", stats::apf_line(index, s));
                             println!("{}", stats::kvm_line(index, s));
                         }
-                        Err(e) => println!("apf: vcpu{index} statistics unavailable: {e}"),
+                        Err(e) => {
+                            let line = lines::ApfLine {
+                                vcpu: index,
+                                stats: lines::ApfStats::Unavailable(e.to_string()),
+                            };
+                            println!("{line}")
+                        }
                     }
                 }
                 if let Some(Ok(s)) = &uffd_stats {
@@ -305,18 +316,17 @@ mod kvm {
                         Some(Ok(e)) => *e,
                         _ => EvictStats::default(),
                     };
-                    println!(
-                        "uffd: faults={} pages_copied={} from_source={} already_present={} \
-                         restored={} evictions={} pages_evicted={} evict_skipped={}",
-                        s.faults,
-                        s.pages_copied,
-                        s.from_source,
-                        s.already_present,
-                        s.restored,
-                        e.evictions,
-                        e.pages_evicted,
-                        e.pause_timeouts
-                    );
+                    let line = lines::UffdLine {
+                        faults: s.faults,
+                        pages_copied: s.pages_copied,
+                        from_source: s.from_source,
+                        already_present: s.already_present,
+                        restored: s.restored,
+                        evictions: e.evictions,
+                        pages_evicted: e.pages_evicted,
+                        evict_skipped: e.pause_timeouts,
+                    };
+                    println!("{line}");
                 }
             }
             if let Some(path) = &cgroup {
@@ -418,36 +428,38 @@ mod kvm {
             gic,
             uart: bus.serial().state(),
         };
-        let reasons = block_reasons(&state, backing);
-        let pending_ready = reasons.iter().filter(|(_, r)| *r == 2).count();
-        let reasons: Vec<String> = reasons
-            .iter()
-            .map(|(i, r)| format!("vcpu{i}:{r}"))
-            .collect();
-        let summary = format!(
-            "vcpus={} in_flight={in_flight} ready_unacked={pending_ready} block_reasons={}",
-            state.vcpus.len(),
-            reasons.join(",")
-        );
-        let result = match &pending.request {
-            Request::Snapshot { dir, .. } => save(&state, dir, backing)
-                .map(|pages| format!("saved {} {summary} pages={pages}", dir.display())),
-            Request::Migrate { to, .. } => send(&state, to, backing).map(|s| {
-                format!(
-                    "migrated {} {summary} demanded={} pushed={} zero={}",
-                    to.display(),
-                    s.demanded,
-                    s.pushed,
-                    s.zero
-                )
-            }),
+        let block_reasons = block_reasons(&state, backing);
+        let ready_unacked = block_reasons.iter().filter(|(_, r)| *r == 2).count() as u64;
+        let vcpus = state.vcpus.len();
+        let to = match &pending.request {
+            Request::Snapshot { dir, .. } => {
+                save(&state, dir, backing).map(|pages| lines::CaptureTo::Saved {
+                    dir: dir.clone(),
+                    pages,
+                })
+            }
+            Request::Migrate { to, .. } => {
+                send(&state, to, backing).map(|s| lines::CaptureTo::Migrated {
+                    to: to.clone(),
+                    demanded: s.demanded,
+                    pushed: s.pushed,
+                    zero: s.zero,
+                })
+            }
         };
+        let result = to.map(|to| lines::Capture {
+            to,
+            vcpus,
+            in_flight,
+            ready_unacked,
+            block_reasons,
+        });
         match &result {
-            Ok(text) => {
+            Ok(capture) => {
                 if !quiet {
-                    println!("snapshot: {text}");
+                    println!("{}", capture.line());
                 }
-                pending.answer(Ok(text.clone()));
+                pending.answer(Ok(capture.to_string()));
             }
             Err(e) => {
                 pending.answer(Err(e.to_string()));
@@ -620,7 +632,10 @@ mod kvm {
                     log::error!("prefetch: {e}");
                 }
                 if !quiet {
-                    println!("prefetch: pages={}", copied.load(Ordering::Relaxed));
+                    let p = lines::Prefetched {
+                        pages: copied.load(Ordering::Relaxed),
+                    };
+                    println!("{p}");
                 }
             }) as Box<dyn FnOnce()>
         });

@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::lines::field;
+
 /// The start of the line.
 pub const PREFIX: &str = "cgroup:";
 
@@ -112,15 +114,6 @@ pub fn limit_value(content: &str) -> Option<u64> {
         "max" => Some(u64::MAX),
         v => v.parse().ok(),
     }
-}
-
-/// Value of `key=N` among the space-separated words of `text`.
-fn field(text: &str, key: &str) -> Option<u64> {
-    text.split_whitespace().find_map(|w| {
-        w.strip_prefix(key)
-            .and_then(|r| r.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-    })
 }
 
 fn read(path: &Path) -> Result<String, MemcgError> {

@@ -15,6 +15,8 @@ use std::os::unix::fs::FileExt;
 
 use thiserror::Error;
 
+use crate::lines::{ApfLine, ApfStats};
+
 /// `_IO(KVMIO, 0xce)`.
 pub const KVM_GET_STATS_FD: u64 = 0xae_ce;
 
@@ -202,24 +204,32 @@ pub fn open_stats_fd<F: AsRawFd>(fd: &F) -> Result<File, StatsError> {
     Ok(unsafe { File::from_raw_fd(ret) })
 }
 
-/// Formats the `apf_*` statistics of one vCPU on one line: the known ones
-/// in `APF_STATS` order, then any other `apf_*` in the kernel's order.
-pub fn apf_line(vcpu: usize, stats: &[Stat]) -> String {
+/// The `apf_*` statistics of one vCPU: the known ones in `APF_STATS`
+/// order, then any other `apf_*` in the kernel's order.
+pub fn apf_stats(vcpu: usize, stats: &[Stat]) -> ApfLine {
     let known = APF_STATS
         .iter()
         .filter_map(|name| stats.iter().find(|s| s.name == *name));
     let others = stats
         .iter()
         .filter(|s| s.name.starts_with("apf_") && !APF_STATS.contains(&s.name.as_str()));
-    let apf: Vec<String> = known
+    let apf: Vec<(String, u64)> = known
         .chain(others)
-        .map(|s| format!("{}={}", s.name, s.value))
+        .map(|s| (s.name.clone(), s.value))
         .collect();
-    if apf.is_empty() {
-        format!("apf: vcpu{vcpu} no apf_* statistics (host kernel without APF)")
-    } else {
-        format!("apf: vcpu{vcpu} {}", apf.join(" "))
+    ApfLine {
+        vcpu,
+        stats: if apf.is_empty() {
+            ApfStats::NoApf
+        } else {
+            ApfStats::Counters(apf)
+        },
     }
+}
+
+/// [`apf_stats`] as the line the VMM prints.
+pub fn apf_line(vcpu: usize, stats: &[Stat]) -> String {
+    apf_stats(vcpu, stats).to_string()
 }
 
 /// The generic KVM vCPU counters that tell what a fault costs in exits,

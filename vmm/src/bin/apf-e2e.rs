@@ -28,6 +28,7 @@ use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
 use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster};
 use apf_vmm::error::EXIT_FAILURE;
+use apf_vmm::lines::Capture;
 use apf_vmm::memcg::{self, MemcgReport};
 
 /// After a kill, how long to wait for the rest of the output.
@@ -251,9 +252,8 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                     Ok(text) => {
                         say(&format!("e2e: move {k}: {text}"));
                         // `block_reasons=` lists the vCPUs with APF enabled.
-                        let apf_on = text
-                            .split_whitespace()
-                            .any(|w| w.starts_with("block_reasons=") && w.len() > 14);
+                        let apf_on =
+                            Capture::parse(&text).is_some_and(|c| !c.block_reasons.is_empty());
                         match args.moves.as_ref().map(|m| m.kind) {
                             Some(MoveKind::Snapshot) => {
                                 to_restore = Some((scratch("snap", k), apf_on))

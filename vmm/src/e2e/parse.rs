@@ -8,14 +8,15 @@
 //!   wake_all=W` (after a `[ 1.234] ` timestamp, or anywhere in a line that
 //!   another console writer interleaved with);
 //! - the guest kernel's `apf_guest: not offered by the hypervisor`;
-//! - the VMM's `apf: vcpuK apf_not_present=.. apf_ready=.. ...` lines;
 //! - the workload's copy of `/proc/kvm_apf`, `workload: kvm_apf NAME N`;
-//! - the VMM's `uffd: ...` line, kept as is;
-//! - the VMM's `cgroup: ...` line (cgroup memory mode), read with
-//!   [`MemcgReport::parse_line`], the format the VMM prints it in.
+//! - the VMM's own lines, each read with the type it prints it with
+//!   ([`crate::lines`]): `apf: vcpuK ...` ([`ApfLine`]), `uffd: ...`
+//!   ([`UffdLine`]), `snapshot: saved|migrated ...` ([`Capture`]) and
+//!   `cgroup: ...` ([`MemcgReport`], cgroup memory mode).
 
 use std::collections::BTreeMap;
 
+use crate::lines::{field, ApfLine, Capture, UffdLine};
 use crate::memcg::MemcgReport;
 
 /// The guest's counters at power-off.
@@ -47,16 +48,6 @@ pub enum Workload {
     Fail(String),
 }
 
-/// A snapshot or migration the VMM reported (`snapshot: saved ...` or
-/// `snapshot: migrated ...`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct MoveSeen {
-    /// Faults in flight on the host when the vCPUs stopped.
-    pub in_flight: u64,
-    /// Control blocks that held a PAGE_READY the guest had not ACKed.
-    pub ready_unacked: u64,
-}
-
 /// Everything seen so far.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Observations {
@@ -75,11 +66,11 @@ pub struct Observations {
     /// run that moves the VM.
     pub host: BTreeMap<u32, HostApf>,
     /// Snapshots and migrations, in order.
-    pub moves: Vec<MoveSeen>,
+    pub moves: Vec<Capture>,
     /// vCPUs whose statistics the VMM could not read.
     pub host_unavailable: Vec<u32>,
-    /// The VMM's uffd statistics line, if any.
-    pub uffd: Option<String>,
+    /// The VMM's uffd statistics, if any.
+    pub uffd: Option<UffdLine>,
     /// The VMM's memory cgroup report, if any.
     pub memcg: Option<MemcgReport>,
     /// Lines read.
@@ -91,32 +82,9 @@ const GUEST_NOT_OFFERED: &str = "apf_guest: not offered by the hypervisor";
 const WORKLOAD_OK: &str = "workload: ok";
 const WORKLOAD_FAIL: &str = "workload: FAIL";
 const WORKLOAD_KVM_APF: &str = "workload: kvm_apf ";
-const MOVE_SAVED: &str = "snapshot: saved ";
-const MOVE_MIGRATED: &str = "snapshot: migrated ";
-
-/// Value of `key=N` among the space-separated words of `text`.
-pub fn field(text: &str, key: &str) -> Option<u64> {
-    text.split_whitespace().find_map(|w| {
-        w.strip_prefix(key)
-            .and_then(|r| r.strip_prefix('='))
-            .and_then(|v| v.parse().ok())
-    })
-}
-
 /// The text after `marker`, if `marker` occurs in `line`.
 fn after<'a>(line: &'a str, marker: &str) -> Option<&'a str> {
     line.find(marker).map(|i| &line[i + marker.len()..])
-}
-
-/// Parses `apf: vcpuK ...` (at the start of the line: the VMM prints it).
-fn host_line(line: &str) -> Option<(u32, Option<HostApf>)> {
-    let rest = line.strip_prefix("apf: vcpu")?;
-    let (index, rest) = rest.split_once(' ')?;
-    let index: u32 = index.parse().ok()?;
-    match (field(rest, "apf_not_present"), field(rest, "apf_ready")) {
-        (Some(not_present), Some(ready)) => Some((index, Some(HostApf { not_present, ready }))),
-        _ => Some((index, None)),
-    }
 }
 
 impl Observations {
@@ -157,26 +125,26 @@ impl Observations {
         if line.contains(GUEST_NOT_OFFERED) {
             self.guest_not_offered = true;
         }
-        if let Some((index, stats)) = host_line(line) {
-            match stats {
-                Some(s) => {
+        // At the start of the line: the VMM prints it.
+        if let Some(l) = ApfLine::parse(line) {
+            // The vCPU index is below KVM's limit of 512.
+            let index = l.vcpu as u32;
+            match (l.counter("apf_not_present"), l.counter("apf_ready")) {
+                (Some(not_present), Some(ready)) => {
                     let h = self.host.entry(index).or_default();
-                    h.not_present += s.not_present;
-                    h.ready += s.ready;
+                    h.not_present += not_present;
+                    h.ready += ready;
                 }
-                None => self.host_unavailable.push(index),
+                _ => self.host_unavailable.push(index),
             }
         }
         // Anywhere in the line: the guest console may have left half a
         // line before the VMM printed it.
-        if let Some(rest) = after(line, MOVE_SAVED).or_else(|| after(line, MOVE_MIGRATED)) {
-            self.moves.push(MoveSeen {
-                in_flight: field(rest, "in_flight").unwrap_or(0),
-                ready_unacked: field(rest, "ready_unacked").unwrap_or(0),
-            });
+        if let Some(c) = Capture::find_in_line(line) {
+            self.moves.push(c);
         }
-        if line.starts_with("uffd: ") {
-            self.uffd = Some(line.to_string());
+        if let Some(u) = UffdLine::parse(line) {
+            self.uffd = Some(u);
         }
         if let Some(r) = MemcgReport::parse_line(line) {
             self.memcg = Some(r);
@@ -210,7 +178,9 @@ mod tests {
             "apf: vcpu0 apf_not_present=5 apf_ready=3",
             "snapshot: saved /tmp/s vcpus=2 in_flight=3 ready_unacked=1 block_reasons=vcpu0:2 pages=9",
             "apf: vcpu0 apf_not_present=2 apf_ready=4",
-            "wosnapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1",
+            "wosnapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1 pushed=0 zero=0",
+            // Incomplete: not a move.
+            "snapshot: saved /tmp/t vcpus=2 in_flight=3",
         ]);
         assert_eq!(
             o.host[&0],
@@ -219,31 +189,12 @@ mod tests {
                 ready: 7
             }
         );
-        assert_eq!(
-            o.moves,
-            vec![
-                MoveSeen {
-                    in_flight: 3,
-                    ready_unacked: 1
-                },
-                MoveSeen {
-                    in_flight: 0,
-                    ready_unacked: 0
-                }
-            ]
-        );
-    }
-
-    #[test]
-    fn fields() {
-        assert_eq!(field("a=1 b=22 c=x", "b"), Some(22));
-        assert_eq!(field("a=1 ab=3", "b"), None);
-        assert_eq!(field("a=1 b=x", "b"), None);
-        assert_eq!(
-            field("apf_ready=5 apf_not_present=7", "apf_not_present"),
-            Some(7)
-        );
-        assert_eq!(field("", "a"), None);
+        let seen: Vec<(u64, u64)> = o
+            .moves
+            .iter()
+            .map(|m| (m.in_flight, m.ready_unacked))
+            .collect();
+        assert_eq!(seen, [(3, 1), (0, 0)]);
     }
 
     #[test]
@@ -282,7 +233,7 @@ mod tests {
                 ready: 9
             }
         );
-        assert!(o.uffd.as_deref().unwrap_or("").contains("evictions=2"));
+        assert_eq!(o.uffd.map(|u| (u.faults, u.evictions)), Some((812, 2)));
         assert_eq!(o.memcg, None);
         assert_eq!(o.lines, 9);
     }
