@@ -20,6 +20,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::error::FileError;
+
 /// Where cgroup v2 is expected.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// `CGROUP2_SUPER_MAGIC` from <linux/magic.h>.
@@ -43,20 +45,8 @@ pub enum CgroupError {
         source: io::Error,
     },
     /// A cgroup file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
-}
-
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CgroupError + '_ {
-    move |source| CgroupError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// Checks that `root` is the mount point of a cgroup2 file system.
@@ -80,7 +70,7 @@ pub fn ensure_cgroup2(root: &Path) -> Result<bool, CgroupError> {
     if check_cgroup2(root).is_ok() {
         return Ok(false);
     }
-    fs::create_dir_all(root).map_err(io_err(root))?;
+    fs::create_dir_all(root).map_err(FileError::at(root))?;
     let mount_err = |source| CgroupError::Mount {
         path: root.to_path_buf(),
         source,
@@ -140,18 +130,18 @@ impl Cgroup {
         max_bytes: u64,
     ) -> Result<Cgroup, CgroupError> {
         let controllers = root.join("cgroup.controllers");
-        let available = fs::read_to_string(&controllers).map_err(io_err(&controllers))?;
+        let available = fs::read_to_string(&controllers).map_err(FileError::at(&controllers))?;
         if !lists_controller(&available, "memory") {
             return Err(CgroupError::NoMemoryController(root.to_path_buf()));
         }
         let subtree = root.join("cgroup.subtree_control");
-        let enabled = fs::read_to_string(&subtree).map_err(io_err(&subtree))?;
+        let enabled = fs::read_to_string(&subtree).map_err(FileError::at(&subtree))?;
         if !lists_controller(&enabled, "memory") {
-            fs::write(&subtree, "+memory").map_err(io_err(&subtree))?;
+            fs::write(&subtree, "+memory").map_err(FileError::at(&subtree))?;
         }
 
         let path = root.join(name);
-        fs::create_dir(&path).map_err(io_err(&path))?;
+        fs::create_dir(&path).map_err(FileError::at(&path))?;
         let mut cg = Cgroup {
             root: root.to_path_buf(),
             path,
@@ -160,9 +150,9 @@ impl Cgroup {
         };
         // From here on, drop removes the directory again on failure.
         let max = cg.path.join("memory.max");
-        fs::write(&max, max_bytes.to_string()).map_err(io_err(&max))?;
+        fs::write(&max, max_bytes.to_string()).map_err(FileError::at(&max))?;
         let high = cg.path.join("memory.high");
-        fs::write(&high, high_bytes.to_string()).map_err(io_err(&high))?;
+        fs::write(&high, high_bytes.to_string()).map_err(FileError::at(&high))?;
         let swap_max = cg.path.join("memory.swap.max");
         cg.swap_max_set = fs::write(&swap_max, "max").is_ok();
         Ok(cg)
@@ -171,10 +161,10 @@ impl Cgroup {
     /// Moves this whole process (all threads) into the cgroup.
     pub fn join(&mut self) -> Result<(), CgroupError> {
         let own = Path::new("/proc/self/cgroup");
-        let content = fs::read_to_string(own).map_err(io_err(own))?;
+        let content = fs::read_to_string(own).map_err(FileError::at(own))?;
         let origin = own_cgroup(&content).unwrap_or("/").to_string();
         let procs = self.path.join("cgroup.procs");
-        fs::write(&procs, std::process::id().to_string()).map_err(io_err(&procs))?;
+        fs::write(&procs, std::process::id().to_string()).map_err(FileError::at(&procs))?;
         self.origin = Some(origin);
         Ok(())
     }
@@ -242,7 +232,7 @@ mod tests {
         fs::write(&file, "").unwrap();
         // Below a regular file: the mount point cannot be made.
         let e = ensure_cgroup2(&file.join("cg")).unwrap_err();
-        assert!(matches!(e, CgroupError::Io { .. }), "{e}");
+        assert!(matches!(e, CgroupError::Io(_)), "{e}");
         assert!(e.to_string().contains("file/cg"), "{e}");
         fs::remove_dir_all(&root).unwrap();
     }
@@ -342,7 +332,7 @@ mod tests {
         fs::create_dir(root.join("taken")).unwrap();
         assert!(matches!(
             Cgroup::create(&root, "taken", 64 << 20, 96 << 20),
-            Err(CgroupError::Io { .. })
+            Err(CgroupError::Io(_))
         ));
         fs::remove_dir_all(&root).unwrap();
     }

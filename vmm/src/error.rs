@@ -2,6 +2,9 @@
 
 //! The VMM's top-level error, and the exit status each kind gives.
 
+use std::io;
+use std::path::{Path, PathBuf};
+
 use thiserror::Error;
 
 use crate::acpi::AcpiError;
@@ -68,6 +71,27 @@ impl Error {
                 lifecycle::LifecycleError::Snapshot(_) | lifecycle::LifecycleError::ApfLoss { .. },
             ) => EXIT_USAGE,
             _ => EXIT_FAILURE,
+        }
+    }
+}
+
+/// A file or directory that could not be used, and why: the I/O error of
+/// every module that reads or writes files by path.
+#[derive(Debug, Error)]
+#[error("{path}: {source}")]
+pub struct FileError {
+    /// The file or directory.
+    pub path: PathBuf,
+    /// Cause.
+    pub source: io::Error,
+}
+
+impl FileError {
+    /// For `map_err`: the error of an operation on `path`.
+    pub fn at(path: &Path) -> impl FnOnce(io::Error) -> FileError + '_ {
+        move |source| FileError {
+            path: path.to_path_buf(),
+            source,
         }
     }
 }

@@ -16,11 +16,11 @@
 //! (`pgmajfault`, `workingset_refault_anon`).
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::error::FileError;
 use crate::lines::field;
 
 /// The start of the line.
@@ -51,13 +51,8 @@ pub const KEYS: [&str; 10] = [
 #[derive(Debug, Error)]
 pub enum MemcgError {
     /// A file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// A file lacks a value or holds something else than a number.
     #[error("{path}: no usable value for '{key}'")]
     Missing {
@@ -117,10 +112,7 @@ pub fn limit_value(content: &str) -> Option<u64> {
 }
 
 fn read(path: &Path) -> Result<String, MemcgError> {
-    fs::read_to_string(path).map_err(|source| MemcgError::Io {
-        path: path.to_path_buf(),
-        source,
-    })
+    Ok(fs::read_to_string(path).map_err(FileError::at(path))?)
 }
 
 impl MemcgReport {

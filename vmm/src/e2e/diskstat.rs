@@ -7,22 +7,18 @@
 //! host's kernel has no `CONFIG_VM_EVENT_COUNTERS`.)
 
 use std::fs;
-use std::io;
 use std::path::{Path, PathBuf};
 
 use thiserror::Error;
+
+use crate::error::FileError;
 
 /// Errors while reading a device's statistics.
 #[derive(Debug, Error)]
 pub enum DiskStatError {
     /// The file could not be read.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// The file does not hold the expected fields.
     #[error("{0}: not a block device stat line")]
     Malformed(PathBuf),
@@ -67,10 +63,7 @@ impl DiskStat {
     /// Reads `<sys_block>/<name>/stat` (`sys_block` is `/sys/block`).
     pub fn read(sys_block: &Path, name: &str) -> Result<DiskStat, DiskStatError> {
         let path = sys_block.join(name).join("stat");
-        let content = fs::read_to_string(&path).map_err(|source| DiskStatError::Io {
-            path: path.clone(),
-            source,
-        })?;
+        let content = fs::read_to_string(&path).map_err(FileError::at(&path))?;
         DiskStat::parse(&content).ok_or(DiskStatError::Malformed(path))
     }
 
@@ -145,7 +138,7 @@ mod tests {
         fs::create_dir_all(dir.join("vda")).unwrap();
         assert!(matches!(
             DiskStat::read(&dir, "vda"),
-            Err(DiskStatError::Io { .. })
+            Err(DiskStatError::Io(_))
         ));
         fs::write(dir.join("vda/stat"), "1 2 3\n").unwrap();
         let e = DiskStat::read(&dir, "vda").unwrap_err();

@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 
 use thiserror::Error;
 
+use crate::error::FileError;
+
 /// The swap signature.
 const SWAP_MAGIC: &[u8; 10] = b"SWAPSPACE2";
 /// Offset of `swap_header.info` (after `bootbits[1024]`).
@@ -35,13 +37,8 @@ pub enum SwapError {
         page_size: u64,
     },
     /// A file could not be read or written.
-    #[error("{path}: {source}")]
-    Io {
-        /// The file.
-        path: PathBuf,
-        /// Cause.
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     /// swapon(2) failed.
     #[error("swapon({path}): {source}")]
     Swapon {
@@ -52,18 +49,9 @@ pub enum SwapError {
     },
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SwapError + '_ {
-    move |source| SwapError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
 fn cstring(path: &Path) -> Result<CString, SwapError> {
-    CString::new(path.as_os_str().as_bytes()).map_err(|_| SwapError::Io {
-        path: path.to_path_buf(),
-        source: io::ErrorKind::InvalidInput.into(),
-    })
+    let c = CString::new(path.as_os_str().as_bytes());
+    Ok(c.map_err(|_| FileError::at(path)(io::ErrorKind::InvalidInput.into()))?)
 }
 
 /// The first page of a version 1 swap area of `bytes` bytes.
@@ -115,9 +103,9 @@ fn swap_on(device: &Path, bytes: u64) -> Result<(), SwapError> {
     let mut f = OpenOptions::new()
         .write(true)
         .open(device)
-        .map_err(io_err(device))?;
-    f.write_all(&header).map_err(io_err(device))?;
-    f.sync_all().map_err(io_err(device))?;
+        .map_err(FileError::at(device))?;
+    f.write_all(&header).map_err(FileError::at(device))?;
+    f.sync_all().map_err(FileError::at(device))?;
     drop(f);
     let c = cstring(device)?;
     // SAFETY: `c` is NUL-terminated; no flags.
@@ -144,11 +132,11 @@ impl DiskSwap {
     pub fn setup(dev: &Path, sys_block: &Path, name: &str) -> Result<DiskSwap, SwapError> {
         let device = dev.join(name);
         let size = sys_block.join(name).join("size");
-        let text = fs::read_to_string(&size).map_err(io_err(&size))?;
-        let sectors: u64 = text.trim().parse().map_err(|_| SwapError::Io {
-            path: size.clone(),
-            source: io::ErrorKind::InvalidData.into(),
-        })?;
+        let text = fs::read_to_string(&size).map_err(FileError::at(&size))?;
+        let sectors: u64 = text
+            .trim()
+            .parse()
+            .map_err(|_| FileError::at(&size)(io::ErrorKind::InvalidData.into()))?;
         swap_on(&device, sectors.saturating_mul(512))?;
         Ok(DiskSwap { device })
     }
@@ -196,8 +184,8 @@ impl PageCluster {
     /// Writes `value` to `path` (normally [`PAGE_CLUSTER`]), keeping the
     /// old value to restore.
     pub fn set(path: &Path, value: u32) -> Result<PageCluster, SwapError> {
-        let saved = fs::read_to_string(path).map_err(io_err(path))?;
-        fs::write(path, value.to_string()).map_err(io_err(path))?;
+        let saved = fs::read_to_string(path).map_err(FileError::at(path))?;
+        fs::write(path, value.to_string()).map_err(FileError::at(path))?;
         Ok(PageCluster {
             path: path.to_path_buf(),
             saved: saved.trim().to_string(),
