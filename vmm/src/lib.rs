@@ -10,6 +10,8 @@
 //!   socket.
 //! - The e2e driver (`apf-e2e`, `src/bin/apf-e2e.rs`): its arguments,
 //!   reading the console output, the checks and the swap header (`e2e`).
+//! - Between the two: the lines the VMM prints and the driver reads back
+//!   (`lines`, and `memcg` for the cgroup report).
 //!
 //! Everything up to the KVM calls builds and is tested on any Linux host;
 //! the VM itself (`gic`, `vcpu`, `vm`) only exists on aarch64.
