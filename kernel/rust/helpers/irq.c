@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 
+#include <linux/cpumask.h>
 #include <linux/irqflags.h>
+#include <linux/percpu.h>
 #include <linux/preempt.h>
 #include <linux/sched.h>
 #include <linux/smp.h>
@@ -36,4 +38,14 @@ void rust_helper_resched_current(void)
 {
 	set_tsk_need_resched(current);
 	set_preempt_need_resched();
+}
+
+bool rust_helper_cpu_possible(unsigned int cpu)
+{
+	return cpu_possible(cpu);
+}
+
+void *rust_helper_per_cpu_ptr(void __percpu *ptr, unsigned int cpu)
+{
+	return per_cpu_ptr(ptr, cpu);
 }

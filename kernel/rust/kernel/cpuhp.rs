@@ -9,83 +9,171 @@
 //!
 //! C header: [`include/linux/cpuhotplug.h`](srctree/include/linux/cpuhotplug.h).
 
-use crate::{bindings, error::from_result, prelude::*, str::CStr};
-use core::{ffi::c_int, ffi::c_uint, marker::PhantomData};
+use crate::{bindings, error::from_result, prelude::*, str::CStr, types::Opaque};
+use core::{ffi::c_int, ffi::c_uint};
 
-/// Callbacks of a CPU hotplug state.
-pub trait CpuHotplug {
+/// Callbacks of a CPU hotplug state, with the data they need.
+///
+/// Both run in the hotplug thread of the CPU concerned, which may sleep;
+/// the hotplug core runs one at a time.
+pub trait CpuHotplug: Send + Sync {
     /// Brings up this subsystem on `cpu`, the calling CPU.
-    fn online(cpu: u32) -> Result;
+    fn online(&self, cpu: u32) -> Result;
 
     /// Takes this subsystem down on `cpu`, the calling CPU.
-    fn offline(cpu: u32) -> Result;
+    fn offline(&self, cpu: u32) -> Result;
 }
 
-/// A registered dynamic state in the `CPUHP_AP_ONLINE_DYN` range.
+/// The hotplug core's link to an instance, and the callbacks it reaches by
+/// `container_of`.
+struct Instance<T> {
+    node: Opaque<bindings::hlist_node>,
+    handler: T,
+}
+
+/// A registered dynamic multi-instance state in the `CPUHP_AP_ONLINE_DYN`
+/// range, with its one instance, the handler.
 ///
 /// Dropping it runs the offline callback on every online CPU and removes
 /// the state.
 ///
 /// # Invariants
 ///
-/// `state` is the number `cpuhp_setup_state()` returned for `T`'s callbacks.
+/// `state` is the number `cpuhp_setup_state_multi()` returned for `T`'s
+/// callbacks, and `instance.node` is added to it, pinned, until drop.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::{AtomicU32, Ordering};
+/// use kernel::{c_str, cpuhp::{CpuHotplug, Registration}};
+///
+/// struct Online(AtomicU32);
+///
+/// impl CpuHotplug for Online {
+///     fn online(&self, _cpu: u32) -> Result {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         Ok(())
+///     }
+///     fn offline(&self, _cpu: u32) -> Result {
+///         self.0.fetch_sub(1, Ordering::Relaxed);
+///         Ok(())
+///     }
+/// }
+///
+/// let reg = Registration::new(c_str!("rust/doctest:online"), Online(AtomicU32::new(0)))?;
+/// // `online` ran on every CPU already online.
+/// assert!(reg.handler().0.load(Ordering::Relaxed) >= 1);
+/// drop(reg);
+/// # Ok::<(), Error>(())
+/// ```
 pub struct Registration<T: CpuHotplug> {
     state: c_int,
-    _callbacks: PhantomData<T>,
+    instance: Pin<KBox<Instance<T>>>,
+}
+
+// SAFETY: The state may be removed from any thread, and `T: Send`.
+unsafe impl<T: CpuHotplug> Send for Registration<T> {}
+// SAFETY: Only `handler()` gives access, to a `T: Sync`.
+unsafe impl<T: CpuHotplug> Sync for Registration<T> {}
+
+/// The handler of the instance `node` belongs to.
+///
+/// # Safety
+///
+/// `node` must be the `node` of a live `Instance<T>`.
+unsafe fn handler<'a, T>(node: *mut bindings::hlist_node) -> &'a T {
+    let node = node.cast::<Opaque<bindings::hlist_node>>();
+    // SAFETY: By the safety requirements `node` is in a live `Instance<T>`.
+    unsafe { &(*crate::container_of!(node, Instance<T>, node)).handler }
 }
 
 /// The startup callback of `T`'s state.
 ///
 /// # Safety
 ///
-/// Called by the CPU hotplug core only, on `cpu`, in its hotplug thread.
-unsafe extern "C" fn online_trampoline<T: CpuHotplug>(cpu: c_uint) -> c_int {
-    from_result(|| T::online(cpu).map(|()| 0))
+/// Called by the CPU hotplug core only, on `cpu`, in its hotplug thread,
+/// for an instance added by [`Registration::new`].
+unsafe extern "C" fn online_trampoline<T: CpuHotplug>(
+    cpu: c_uint,
+    node: *mut bindings::hlist_node,
+) -> c_int {
+    // SAFETY: The instance stays added, and so alive, during the call.
+    let handler = unsafe { handler::<T>(node) };
+    from_result(|| handler.online(cpu).map(|()| 0))
 }
 
 /// The teardown callback of `T`'s state.
 ///
 /// # Safety
 ///
-/// Called by the CPU hotplug core only, on `cpu`, in its hotplug thread.
-unsafe extern "C" fn offline_trampoline<T: CpuHotplug>(cpu: c_uint) -> c_int {
-    from_result(|| T::offline(cpu).map(|()| 0))
+/// As for [`online_trampoline`].
+unsafe extern "C" fn offline_trampoline<T: CpuHotplug>(
+    cpu: c_uint,
+    node: *mut bindings::hlist_node,
+) -> c_int {
+    // SAFETY: The instance is removed only after its teardown returned.
+    let handler = unsafe { handler::<T>(node) };
+    from_result(|| handler.offline(cpu).map(|()| 0))
 }
 
 impl<T: CpuHotplug> Registration<T> {
-    /// Registers the state and runs [`CpuHotplug::online`] on every online
-    /// CPU. If that fails on one, the state is rolled back and the error
-    /// returned.
+    /// Registers a state for `handler` and runs [`CpuHotplug::online`] on
+    /// every online CPU. If that fails on one, the state is rolled back and
+    /// the error returned.
     ///
     /// Process context: it takes the CPU hotplug lock and may sleep; not
     /// from a hotplug callback.
-    pub fn new(name: &'static CStr) -> Result<Self> {
-        // SAFETY: `name` is static and the trampolines have the C signature.
-        let ret = unsafe {
-            bindings::__cpuhp_setup_state(
+    pub fn new(name: &'static CStr, handler: T) -> Result<Self> {
+        let instance = KBox::pin(
+            Instance {
+                node: Opaque::uninit(),
+                handler,
+            },
+            GFP_KERNEL,
+        )?;
+        // SAFETY: `name` is static and the trampolines have the C signature
+        // of multi-instance callbacks.
+        let state = unsafe {
+            bindings::cpuhp_setup_state_multi(
                 bindings::cpuhp_state_CPUHP_AP_ONLINE_DYN,
                 name.as_char_ptr(),
-                true,
                 Some(online_trampoline::<T>),
                 Some(offline_trampoline::<T>),
-                false,
             )
         };
+        if state < 0 {
+            return Err(Error::from_errno(state));
+        }
+        // SAFETY: `state` is the multi-instance state set up above, and the
+        // node is pinned until `Drop` removes it; the hotplug core
+        // initialises it.
+        let ret = unsafe { bindings::cpuhp_state_add_instance(state, instance.node.get()) };
         if ret < 0 {
+            // SAFETY: `state` has no instance: removing it runs nothing.
+            unsafe { bindings::cpuhp_remove_multi_state(state) };
             return Err(Error::from_errno(ret));
         }
-        // INVARIANT: a dynamic state returns its number, which is positive.
-        Ok(Self {
-            state: ret,
-            _callbacks: PhantomData,
-        })
+        // INVARIANT: a dynamic state returns its number, which is positive;
+        // the instance is added.
+        Ok(Self { state, instance })
+    }
+
+    /// The callbacks' data.
+    pub fn handler(&self) -> &T {
+        &self.instance.handler
     }
 }
 
 impl<T: CpuHotplug> Drop for Registration<T> {
     fn drop(&mut self) {
-        // SAFETY: By the type invariant `state` is ours and still set up.
-        unsafe { bindings::__cpuhp_remove_state(self.state, true) };
+        // SAFETY: By the type invariant the instance is added to `state`,
+        // which is ours; removing it runs the offline callback on every
+        // online CPU first, and then the state has no instance left.
+        unsafe {
+            bindings::cpuhp_state_remove_instance(self.state, self.instance.node.get());
+            bindings::cpuhp_remove_multi_state(self.state);
+        }
     }
 }
 

@@ -102,34 +102,68 @@ pub enum IrqReturn {
     Handled,
 }
 
-/// The handler of a per-CPU interrupt.
-pub trait PercpuHandler {
-    /// Handles the interrupt on `cpu`, with interrupts masked.
-    fn handle(cpu: u32) -> IrqReturn;
+/// The handler of a per-CPU interrupt, with the data it needs.
+///
+/// One value serves every CPU, from hard interrupt context, possibly on
+/// several CPUs at once: hence `Sync`.
+pub trait PercpuHandler: Send + Sync {
+    /// Handles the interrupt on `cpu`, the CPU running it, with interrupts
+    /// masked. It must not sleep.
+    fn handle(&self, cpu: u32) -> IrqReturn;
 }
 
-/// A requested per-CPU interrupt (`request_percpu_irq()`).
+/// A requested per-CPU interrupt (`request_percpu_irq()`) and its handler.
 ///
 /// The line starts disabled on every CPU; each CPU enables its own with
 /// [`PercpuIrq::enable_local`], typically from a CPU hotplug callback.
 /// Dropping it disables the line on every CPU, waits for running handlers,
-/// and frees it.
+/// frees it, and only then drops the handler.
 ///
 /// # Invariants
 ///
-/// `irq` was requested with `H`'s trampoline and `cookie`, a live per-CPU
-/// allocation, as its per-CPU device id; both are freed on drop.
+/// `irq` was requested with `H`'s trampoline and `slots` as its per-CPU
+/// device id; `slots` is a live per-CPU allocation in which every possible
+/// CPU's slot points to `*handler`. Both are freed on drop, before `handler`.
+///
+/// # Examples
+///
+/// ```
+/// use core::sync::atomic::{AtomicU64, Ordering};
+/// use kernel::c_str;
+/// use kernel::irq::{IrqReturn, PercpuHandler, PercpuIrq};
+///
+/// struct Ticks(AtomicU64);
+///
+/// impl PercpuHandler for Ticks {
+///     fn handle(&self, _cpu: u32) -> IrqReturn {
+///         self.0.fetch_add(1, Ordering::Relaxed);
+///         IrqReturn::Handled
+///     }
+/// }
+///
+/// /// Requests `virq` (from [`kernel::irq::gic_ppi`], say); each CPU then
+/// /// calls `enable_local()` from its hotplug callback.
+/// fn request(virq: u32) -> Result<PercpuIrq<Ticks>> {
+///     PercpuIrq::request(virq, c_str!("ticks"), Ticks(AtomicU64::new(0)))
+/// }
+///
+/// fn ticks(irq: &PercpuIrq<Ticks>) -> u64 {
+///     irq.handler().0.load(Ordering::Relaxed)
+/// }
+/// # let _ = (request, ticks);
+/// ```
 pub struct PercpuIrq<H: PercpuHandler> {
     irq: u32,
-    cookie: *mut c_void,
-    _handler: PhantomData<H>,
+    slots: *mut *const H,
+    handler: KBox<H>,
 }
 
-// SAFETY: The line may be enabled, disabled and freed from any CPU; the
-// handler is a plain function.
+// SAFETY: The line may be enabled, disabled and freed from any CPU, and
+// `H: Send`, so the handler may be dropped on any.
 unsafe impl<H: PercpuHandler> Send for PercpuIrq<H> {}
 // SAFETY: `enable_local` and `disable_local` only touch the calling CPU's
-// state, which the C side synchronises.
+// state, which the C side synchronises; `H: Sync`, so the handler may be
+// shared.
 unsafe impl<H: PercpuHandler> Sync for PercpuIrq<H> {}
 
 /// The handler of a line requested by [`PercpuIrq::request`].
@@ -137,53 +171,80 @@ unsafe impl<H: PercpuHandler> Sync for PercpuIrq<H> {}
 /// # Safety
 ///
 /// Called by the interrupt core only, in hard interrupt context on the CPU
-/// that took the interrupt.
+/// that took the interrupt, with `dev` that CPU's slot of the line's
+/// per-CPU device id (`this_cpu_ptr()`).
 unsafe extern "C" fn percpu_trampoline<H: PercpuHandler>(
     _irq: core::ffi::c_int,
-    _dev: *mut c_void,
+    dev: *mut c_void,
 ) -> bindings::irqreturn_t {
+    // SAFETY: `dev` is this CPU's slot, which by the type invariant of the
+    // `PercpuIrq` that requested the line points to its handler; the
+    // handler is dropped only after the line is freed, and a freed line
+    // runs no handler.
+    let handler = unsafe { &**dev.cast::<*const H>() };
     // SAFETY: Hard interrupt context: interrupts are masked, so the CPU
     // number is stable.
     let cpu = unsafe { bindings::raw_smp_processor_id() as u32 };
-    match H::handle(cpu) {
+    match handler.handle(cpu) {
         IrqReturn::None => bindings::irqreturn_IRQ_NONE,
         IrqReturn::Handled => bindings::irqreturn_IRQ_HANDLED,
     }
 }
 
 impl<H: PercpuHandler> PercpuIrq<H> {
-    /// Requests the per-CPU interrupt `irq` (a Linux interrupt number).
+    /// Requests the per-CPU interrupt `irq` (a Linux interrupt number) for
+    /// `handler`.
     ///
     /// Process context: it allocates and may sleep.
-    pub fn request(irq: u32, name: &'static CStr) -> Result<Self> {
-        // SAFETY: A one-byte per-CPU allocation (`__alloc_percpu()`); it
-        // only serves as the non-NULL device id `request_percpu_irq()` wants.
-        let cookie = unsafe { bindings::pcpu_alloc_noprof(1, 1, false, bindings::GFP_KERNEL) };
-        if cookie.is_null() {
+    pub fn request(irq: u32, name: &'static CStr, handler: H) -> Result<Self> {
+        let handler = KBox::new(handler, GFP_KERNEL)?;
+        let size = core::mem::size_of::<*const H>();
+        let align = core::mem::align_of::<*const H>();
+        // SAFETY: A per-CPU allocation (`__alloc_percpu()`) of one pointer.
+        let slots = unsafe { bindings::pcpu_alloc_noprof(size, align, false, bindings::GFP_KERNEL) };
+        let slots = slots.cast::<*const H>();
+        if slots.is_null() {
             return Err(ENOMEM);
         }
-        // SAFETY: `name` is static, `cookie` is a live per-CPU pointer and the
-        // trampoline has the signature of `irq_handler_t`.
+        let target: *const H = &*handler;
+        for cpu in 0..nr_cpu_ids() {
+            // SAFETY: Reads the possible mask, which is fixed after boot.
+            if unsafe { bindings::cpu_possible(cpu) } {
+                // SAFETY: `slots` is a live per-CPU allocation and `cpu` a
+                // possible CPU, so this is that CPU's slot, which nothing
+                // else uses yet.
+                unsafe { *bindings::per_cpu_ptr(slots.cast(), cpu).cast::<*const H>() = target };
+            }
+        }
+        // SAFETY: `name` is static, `slots` is a live per-CPU allocation
+        // whose every slot points to the boxed handler, and the trampoline
+        // has the signature of `irq_handler_t` and expects exactly that.
         let ret = unsafe {
             bindings::__request_percpu_irq(
                 irq,
                 Some(percpu_trampoline::<H>),
                 0,
                 name.as_char_ptr(),
-                cookie,
+                slots.cast(),
             )
         };
         if let Err(e) = to_result(ret) {
-            // SAFETY: `cookie` came from `__alloc_percpu()` and is unused.
-            unsafe { bindings::free_percpu(cookie) };
+            // SAFETY: `slots` came from `__alloc_percpu()` and is unused.
+            unsafe { bindings::free_percpu(slots.cast()) };
             return Err(e);
         }
-        // INVARIANT: `irq` is now requested with `cookie`.
+        // INVARIANT: `irq` is now requested with `slots`, which points to
+        // `handler` on every possible CPU.
         Ok(Self {
             irq,
-            cookie,
-            _handler: PhantomData,
+            slots,
+            handler,
         })
+    }
+
+    /// The handler, which may be running on other CPUs meanwhile.
+    pub fn handler(&self) -> &H {
+        &self.handler
     }
 
     /// Enables the interrupt on the calling CPU, with the trigger type the
@@ -221,11 +282,12 @@ impl<H: PercpuHandler> Drop for PercpuIrq<H> {
             // line; this runs pinned to the CPU it disables it on.
             unsafe { bindings::disable_percpu_irq(irq) }
         });
-        // SAFETY: By the type invariant the line was requested with `cookie`,
-        // and now no CPU can run its handler; `cookie` is not used after.
+        // SAFETY: By the type invariant the line was requested with `slots`,
+        // and now no CPU can run its handler; `slots` is not used after.
+        // The handler itself is dropped after this function returns.
         unsafe {
-            bindings::free_percpu_irq(irq, self.cookie);
-            bindings::free_percpu(self.cookie);
+            bindings::free_percpu_irq(irq, self.slots.cast());
+            bindings::free_percpu(self.slots.cast());
             bindings::cpus_read_unlock();
         }
     }

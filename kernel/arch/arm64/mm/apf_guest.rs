@@ -75,8 +75,12 @@ const TICKET_RETRY: u32 = u32::MAX;
 
 /// Set by the `no-kvmapf` boot parameter.
 static NO_KVMAPF: AtomicBool = AtomicBool::new(false);
-/// The state, published once it is complete; never freed (built in).
+/// The state, published before the interrupt that delivers into it is
+/// requested; never freed (built in). Read it through [`guest`].
 static APF: Published<Apf> = Published::new();
+/// APF in use, published once it is complete: what the entry hooks read;
+/// every other path is handed it.
+static GUEST: Published<Guest> = Published::new();
 
 /// One CPU's control block (`struct kvm_vcpu_pv_apf_data`), which the host
 /// writes while this CPU is out of the guest.
@@ -420,14 +424,20 @@ struct Apf {
     /// Control blocks, indexed by CPU number.
     blocks: KVec<Block>,
     table: Table,
-    irq: PercpuIrq<ReadyIrq>,
     /// Whether the host has this CPU's block, indexed by CPU number.
     enabled: KVec<AtomicBool>,
     stats: Stats,
 }
 
+/// APF in use: the state, and the PAGE_READY line whose handler holds it.
+struct Guest {
+    apf: &'static Apf,
+    irq: PercpuIrq<ReadyIrq>,
+}
+
+/// The state, for the entry hooks, which have nowhere else to find it.
 fn apf() -> Option<&'static Apf> {
-    APF.get()
+    GUEST.get().map(|g| g.apf)
 }
 
 /// The APF subcalls that hand the host no memory.
@@ -592,15 +602,17 @@ impl Apf {
         block.reason.store(0, Ordering::Release);
         self.ready(token, cpu)
     }
+}
 
+impl Guest {
     /// Registers this CPU's block with the host.
-    fn enable_cpu(&'static self, cpu: u32) {
-        let block = &self.blocks[cpu as usize];
+    fn enable_cpu(&self, cpu: u32) {
+        let block = &self.apf.blocks[cpu as usize];
         block.reason.store(0, Ordering::Relaxed);
         block.token.store(0, Ordering::Relaxed);
         self.irq.enable_local();
         match apf_enable(block) {
-            0 => self.enabled[cpu as usize].store(true, Ordering::Relaxed),
+            0 => self.apf.enabled[cpu as usize].store(true, Ordering::Relaxed),
             err => {
                 self.irq.disable_local();
                 pr_warn!("CPU{cpu}: ENABLE failed ({err}), APF stays off there\n");
@@ -612,7 +624,7 @@ impl Apf {
     /// it, and no PAGE_READY comes for the tokens it received, so their
     /// tasks are woken here. Runs on `cpu`.
     fn disable_cpu(&self, cpu: u32) {
-        if !self.enabled[cpu as usize].swap(false, Ordering::Relaxed) {
+        if !self.apf.enabled[cpu as usize].swap(false, Ordering::Relaxed) {
             return;
         }
         // No abort can be taken on this CPU meanwhile, so the block cannot
@@ -620,13 +632,13 @@ impl Apf {
         LocalIrqDisabled::with(|_| {
             apf_call(Call::Disable);
             // A PAGE_READY delivered before DISABLE counts as delivered.
-            self.consume_ready(cpu);
+            self.apf.consume_ready(cpu);
             // A PAGE_NOT_PRESENT cannot be in the block: its abort is taken
             // before the guest runs on, and taken with interrupts masked.
             // Should one be, its token died with DISABLE: free the block so
             // that nobody waits for it.
-            self.blocks[cpu as usize].reason.store(0, Ordering::Release);
-            self.table.wake_cpu(cpu);
+            self.apf.blocks[cpu as usize].reason.store(0, Ordering::Release);
+            self.apf.table.wake_cpu(cpu);
         });
         self.irq.disable_local();
     }
@@ -637,15 +649,12 @@ fn cpu_now() -> u32 {
     LocalIrqDisabled::with(|irqs_off| irqs_off.cpu())
 }
 
-/// The PAGE_READY interrupt.
-struct ReadyIrq;
+/// The PAGE_READY interrupt, delivering into the state it holds.
+struct ReadyIrq(&'static Apf);
 
 impl PercpuHandler for ReadyIrq {
-    fn handle(cpu: u32) -> IrqReturn {
-        let Some(apf) = apf() else {
-            return IrqReturn::None;
-        };
-        let woke = apf.consume_ready(cpu);
+    fn handle(&self, cpu: u32) -> IrqReturn {
+        let woke = self.0.consume_ready(cpu);
         // Lets the host lower the line and send the next event.
         apf_call(Call::Ack);
         // A task just woken has waited for I/O: let it compete for this
@@ -659,13 +668,13 @@ impl PercpuHandler for ReadyIrq {
 }
 
 /// Enables APF on each CPU that comes online, disables it on each that
-/// goes offline.
-struct Hotplug;
+/// goes offline; with APF offered but off, only makes sure it is off.
+struct Hotplug(Option<&'static Guest>);
 
 impl cpuhp::CpuHotplug for Hotplug {
-    fn online(cpu: u32) -> Result {
-        match apf() {
-            Some(apf) => apf.enable_cpu(cpu),
+    fn online(&self, cpu: u32) -> Result {
+        match self.0 {
+            Some(guest) => guest.enable_cpu(cpu),
             // APF is offered but off here (`no-kvmapf`, a crash kernel):
             // make sure a previous kernel's block is gone. A crash kernel
             // gets here before user space runs, and so before any fault
@@ -675,9 +684,9 @@ impl cpuhp::CpuHotplug for Hotplug {
         Ok(())
     }
 
-    fn offline(cpu: u32) -> Result {
-        if let Some(apf) = apf() {
-            apf.disable_cpu(cpu);
+    fn offline(&self, cpu: u32) -> Result {
+        if let Some(guest) = self.0 {
+            guest.disable_cpu(cpu);
         }
         Ok(())
     }
@@ -685,23 +694,15 @@ impl cpuhp::CpuHotplug for Hotplug {
 
 /// Takes the blocks back before reboot, power-off, kexec and panic, so
 /// that the host never writes into memory a next kernel owns.
-struct Shutdown;
-
-fn disable_on_this_cpu(cpu: u32) {
-    if let Some(apf) = apf() {
-        apf.disable_cpu(cpu);
-    }
-}
+struct Shutdown(&'static Guest);
 
 impl NotifierHandler for Shutdown {
-    fn notify(chain: Chain, _action: u64) {
-        let Some(apf) = apf() else {
-            return;
-        };
+    fn notify(&self, chain: Chain, _action: u64) {
+        let guest = self.0;
         match chain {
             Chain::Reboot => {
-                cpuhp::on_each_online_cpu(disable_on_this_cpu);
-                let s = &apf.stats;
+                cpuhp::on_each_online_cpu(|cpu| guest.disable_cpu(cpu));
+                let s = &guest.apf.stats;
                 let (np, rd, wa) = (&s.not_present, &s.ready, &s.wake_all);
                 pr_info!(
                     "shutdown: not_present={} ready={} wake_all={}\n",
@@ -722,32 +723,26 @@ impl NotifierHandler for Shutdown {
 /// may be restored by another kernel, and before `KEXEC_JUMP`; registers it
 /// again on resume. Runs on the one CPU left online, with interrupts
 /// masked; the other CPUs went through [`Hotplug`].
-struct Sleep;
+struct Sleep(&'static Guest);
 
 impl SyscoreHandler for Sleep {
-    fn suspend() -> Result {
-        if let Some(apf) = apf() {
-            apf.disable_cpu(cpu_now());
-        }
+    fn suspend(&self) -> Result {
+        self.0.disable_cpu(cpu_now());
         Ok(())
     }
 
-    fn resume() {
-        if let Some(apf) = apf() {
-            apf.enable_cpu(cpu_now());
-        }
+    fn resume(&self) {
+        self.0.enable_cpu(cpu_now());
     }
 }
 
 /// `/proc/kvm_apf`: one "name value" line per counter.
-struct ProcFile;
+struct ProcFile(&'static Apf);
 
 impl ShowSingle for ProcFile {
-    fn show(m: &mut SeqFile) -> Result {
-        if let Some(apf) = apf() {
-            for (name, value) in apf.counters() {
-                writeln!(m, "{name} {value}").map_err(|_| EINVAL)?;
-            }
+    fn show(&self, m: &mut SeqFile) -> Result {
+        for (name, value) in self.0.counters() {
+            writeln!(m, "{name} {value}").map_err(|_| EINVAL)?;
         }
         Ok(())
     }
@@ -760,7 +755,7 @@ enum Probe {
     /// Offered, but not used: each CPU disables it.
     Off,
     /// In use.
-    On,
+    On(&'static Guest),
 }
 
 /// Finds the service and, if it is to be used, publishes the state.
@@ -804,24 +799,27 @@ fn probe() -> Result<Probe> {
     }
     // `slots` is at most MAX_SLOTS, so this cannot overflow.
     let table = Table::new(cpus * (slots as usize + SPARE_ENTRIES))?;
-    let irq = PercpuIrq::request(virq, c_str!("kvm-apf"))?;
-    let apf = KBox::new(
+    let state = KBox::new(
         Apf {
             blocks,
             table,
-            irq,
             enabled,
             stats: Stats::default(),
         },
         GFP_KERNEL,
     )?;
-    // The state lives as long as the kernel.
-    APF.publish(apf).map_err(|_| EBUSY)?;
+    // The state lives as long as the kernel: first for the handler of the
+    // line, then for every hook, once the line is requested too.
+    let apf = APF.publish(state).map_err(|_| EBUSY)?;
+    let irq = PercpuIrq::request(virq, c_str!("kvm-apf"), ReadyIrq(apf))?;
+    let guest = GUEST
+        .publish(KBox::new(Guest { apf, irq }, GFP_KERNEL)?)
+        .map_err(|_| EBUSY)?;
     // SAFETY: `kvm_apf_key` is a static key defined by the entry code; it
     // is enabled once, from process context, after the state is published.
     unsafe { bindings::static_key_false_enable(ptr::addr_of_mut!(bindings::kvm_apf_key)) };
     pr_info!("version {version:#x}, {slots} slots, PPI {intid}\n");
-    Ok(Probe::On)
+    Ok(Probe::On(guest))
 }
 
 struct ApfGuest {
@@ -845,15 +843,18 @@ impl kernel::Module for ApfGuest {
             _sleep: None,
             _proc: None,
         };
-        if matches!(probe, Probe::Absent) {
-            return Ok(this);
-        }
-        this._hotplug = Some(cpuhp::Registration::new(c_str!("arm64/kvm_apf:online"))?);
-        if matches!(probe, Probe::On) {
-            this._reboot = Some(Notifier::register(Chain::Reboot)?);
-            this._panic = Some(Notifier::register(Chain::Panic)?);
-            this._sleep = Some(Syscore::register()?);
-            this._proc = Some(SingleFile::create(c_str!("kvm_apf"))?);
+        let guest = match probe {
+            Probe::Absent => return Ok(this),
+            Probe::Off => None,
+            Probe::On(guest) => Some(guest),
+        };
+        let name = c_str!("arm64/kvm_apf:online");
+        this._hotplug = Some(cpuhp::Registration::new(name, Hotplug(guest))?);
+        if let Some(guest) = guest {
+            this._reboot = Some(Notifier::register(Chain::Reboot, Shutdown(guest))?);
+            this._panic = Some(Notifier::register(Chain::Panic, Shutdown(guest))?);
+            this._sleep = Some(Syscore::register(Sleep(guest))?);
+            this._proc = Some(SingleFile::create(c_str!("kvm_apf"), ProcFile(guest.apf))?);
         }
         Ok(this)
     }
