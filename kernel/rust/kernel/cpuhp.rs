@@ -177,6 +177,34 @@ impl<T: CpuHotplug> Drop for Registration<T> {
     }
 }
 
+/// Runs `f` with CPU hotplug held off (`cpus_read_lock()`): no CPU comes
+/// online or goes offline meanwhile. Without `CONFIG_HOTPLUG_CPU` CPUs
+/// never do, and it just runs `f`.
+///
+/// Process context: it may sleep, and not from a hotplug callback.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::cpuhp::{on_each_online_cpu, with_hotplug_held};
+///
+/// with_hotplug_held(|| on_each_online_cpu(|_cpu| {}));
+/// ```
+pub fn with_hotplug_held<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: Process context, as documented; unlocked below.
+    #[cfg(CONFIG_HOTPLUG_CPU)]
+    unsafe {
+        bindings::cpus_read_lock()
+    };
+    let r = f();
+    // SAFETY: Locked above, by this thread.
+    #[cfg(CONFIG_HOTPLUG_CPU)]
+    unsafe {
+        bindings::cpus_read_unlock()
+    };
+    r
+}
+
 /// Runs the `F` that `info` points to on the calling CPU.
 ///
 /// # Safety

@@ -201,7 +201,8 @@ impl<H: PercpuHandler> PercpuIrq<H> {
         let size = core::mem::size_of::<*const H>();
         let align = core::mem::align_of::<*const H>();
         // SAFETY: A per-CPU allocation (`__alloc_percpu()`) of one pointer.
-        let slots = unsafe { bindings::pcpu_alloc_noprof(size, align, false, bindings::GFP_KERNEL) };
+        let slots =
+            unsafe { bindings::pcpu_alloc_noprof(size, align, false, bindings::GFP_KERNEL) };
         let slots = slots.cast::<*const H>();
         if slots.is_null() {
             return Err(ENOMEM);
@@ -270,8 +271,13 @@ impl<H: PercpuHandler> Drop for PercpuIrq<H> {
     /// Process context: it waits for every online CPU.
     fn drop(&mut self) {
         let irq = self.irq;
-        // SAFETY: Holds CPU hotplug off until the matching unlock below.
-        unsafe { bindings::cpus_read_lock() };
+        crate::cpuhp::with_hotplug_held(|| self.disable_and_free(irq));
+    }
+}
+
+impl<H: PercpuHandler> PercpuIrq<H> {
+    /// The body of `drop`, with CPU hotplug held off.
+    fn disable_and_free(&mut self, irq: u32) {
         // `free_percpu_irq()` leaves the handler installed on every CPU that
         // still has the line enabled: disable it everywhere first. The call
         // runs on each online CPU in turn, between two interrupts, so once it
@@ -288,7 +294,6 @@ impl<H: PercpuHandler> Drop for PercpuIrq<H> {
         unsafe {
             bindings::free_percpu_irq(irq, self.slots.cast());
             bindings::free_percpu(self.slots.cast());
-            bindings::cpus_read_unlock();
         }
     }
 }

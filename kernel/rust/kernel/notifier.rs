@@ -108,7 +108,9 @@ unsafe extern "C" fn trampoline<T: NotifierHandler, const PANIC: bool>(
 ) -> c_int {
     // SAFETY: `nb` is the first field of a `Block<T>` (the function's
     // safety requirement), which stays alive while it is registered.
-    let block = unsafe { &*crate::container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Block<T>, nb) };
+    let block = unsafe {
+        &*crate::container_of!(nb.cast::<Opaque<bindings::notifier_block>>(), Block<T>, nb)
+    };
     let chain = if PANIC { Chain::Panic } else { Chain::Reboot };
     block.handler.notify(chain, action as u64);
     bindings::NOTIFY_DONE as c_int
@@ -279,7 +281,9 @@ impl<T: SyscoreHandler> Syscore<T> {
             },
             GFP_KERNEL,
         )?;
-        let data = core::ptr::from_ref(&inner.handler).cast_mut().cast::<c_void>();
+        let data = core::ptr::from_ref(&inner.handler)
+            .cast_mut()
+            .cast::<c_void>();
         // SAFETY: Nothing else sees `syscore` before it is registered below.
         unsafe { (*inner.syscore.get()).data = data };
         // SAFETY: `syscore` is valid and pinned until `Drop` unregisters it;

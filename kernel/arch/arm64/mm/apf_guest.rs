@@ -637,7 +637,9 @@ impl Guest {
             // before the guest runs on, and taken with interrupts masked.
             // Should one be, its token died with DISABLE: free the block so
             // that nobody waits for it.
-            self.apf.blocks[cpu as usize].reason.store(0, Ordering::Release);
+            self.apf.blocks[cpu as usize]
+                .reason
+                .store(0, Ordering::Release);
             self.apf.table.wake_cpu(cpu);
         });
         self.irq.disable_local();
