@@ -298,7 +298,13 @@ impl<H: PercpuHandler> PercpuIrq<H> {
     }
 }
 
-/// Maps a GIC PPI, given by its INTID (16 to 31), to a Linux interrupt
+/// The INTIDs of a GIC's private peripheral interrupts (PPIs), after its
+/// 16 software-generated ones, by the GIC architecture. Outside KVM's vGIC
+/// (`VGIC_NR_SGIS`, `VGIC_NR_PRIVATE_IRQS`) the C side has no constant for
+/// it; the device tree binding numbers PPIs from its start.
+pub const GIC_PPIS: core::ops::Range<u32> = 16..32;
+
+/// Maps a GIC PPI, given by its INTID (in [`GIC_PPIS`]), to a Linux interrupt
 /// number, level-triggered and active high.
 ///
 /// The GIC is found the way the firmware describes it: through ACPI (the
@@ -309,7 +315,7 @@ impl<H: PercpuHandler> PercpuIrq<H> {
 ///
 /// Process context: it may allocate and sleep.
 pub fn gic_ppi(intid: u32) -> Result<u32> {
-    if !(16..32).contains(&intid) {
+    if !GIC_PPIS.contains(&intid) {
         return Err(EINVAL);
     }
     #[cfg(CONFIG_ACPI)]
@@ -345,7 +351,7 @@ fn of_ppi(intid: u32) -> Result<u32> {
     }
     let mut param = [0u32; bindings::IRQ_DOMAIN_IRQ_SPEC_PARAMS as usize];
     param[0] = GIC_PPI;
-    param[1] = intid - 16;
+    param[1] = intid - GIC_PPIS.start;
     param[2] = bindings::IRQ_TYPE_LEVEL_HIGH;
     let mut spec = bindings::irq_fwspec {
         // SAFETY: `gic` is a valid node while we hold the reference.

@@ -22,7 +22,7 @@ use kernel::{
         async_pf::{self, AsyncPf},
         guest_cache::GuestCache,
         smccc::{self, SmcccError, SmcccResult},
-        Gfn, Gpa, Kvm, Memslot, OwnedVcpu, Vcpu,
+        Gfn, Gpa, Kvm, Memslot, OwnedVcpu, Vcpu, PPIS,
     },
     macros::export,
     prelude::*,
@@ -350,7 +350,7 @@ impl<'a> Apf<'a> {
     /// Checks a PPI for the IRQ attribute: not one the VM's timers or PMU
     /// use, and the same as any other vCPU of the VM was given.
     fn ppi_ok(&self, irq: u32) -> Result {
-        if !(16..=31).contains(&irq) {
+        if !PPIS.contains(&irq) {
             return Err(EINVAL);
         }
         let kvm = self.vcpu.shared().kvm();

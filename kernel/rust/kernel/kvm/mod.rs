@@ -18,4 +18,4 @@ pub mod smccc;
 mod vcpu;
 
 pub use gpa::{Gfn, Gpa};
-pub use vcpu::{Kvm, Memslot, OwnedVcpu, Vcpu};
+pub use vcpu::{Kvm, Memslot, OwnedVcpu, Vcpu, PPIS};

@@ -14,6 +14,10 @@ use super::{abort::Stage2Abort, Gfn};
 use crate::{bindings, error::to_result, prelude::*, types::Opaque};
 use core::{ffi::c_void, marker::PhantomData, ops::Deref};
 
+/// The INTIDs of a vCPU's private peripheral interrupts (PPIs), after the
+/// 16 software-generated ones, as the vGIC numbers them.
+pub const PPIS: core::ops::Range<u32> = bindings::VGIC_NR_SGIS..bindings::VGIC_NR_PRIVATE_IRQS;
+
 /// A KVM virtual machine.
 ///
 /// # Invariants
@@ -174,7 +178,7 @@ impl Vcpu {
     pub fn pmu_ppi(&self) -> Option<u32> {
         // SAFETY: The vCPU is valid by the type invariant.
         let irq = unsafe { bindings::kvm_vcpu_pmu_irq(self.as_raw()) };
-        (16..32).contains(&irq).then_some(irq as u32)
+        u32::try_from(irq).ok().filter(|i| PPIS.contains(i))
     }
 
     /// Returns a pointer to the vCPU's arch state, for a shared reader that
@@ -286,12 +290,12 @@ impl<'a> OwnedVcpu<'a> {
         }
     }
 
-    /// Reserves the private peripheral interrupt `intid` (16..=31) of this
+    /// Reserves the private peripheral interrupt `intid` (in [`PPIS`]) of this
     /// vCPU's vGIC redistributor for `owner`, as the timer and the PMU
     /// reserve theirs. Fails with `EEXIST` if another owner has it, and with
     /// `EAGAIN` before the vGIC is initialised.
     pub fn claim_ppi<T>(&mut self, intid: u32, owner: &T) -> Result {
-        if !(16..=31).contains(&intid) {
+        if !PPIS.contains(&intid) {
             return Err(EINVAL);
         }
         let owner: *const T = owner;
@@ -306,7 +310,7 @@ impl<'a> OwnedVcpu<'a> {
     /// [`OwnedVcpu::claim_ppi`]. The vGIC ignores the change if another
     /// owner has the PPI, which a successful claim rules out.
     pub fn set_ppi_level<T>(&mut self, intid: u32, level: bool, owner: &T) -> Result {
-        if !(16..=31).contains(&intid) {
+        if !PPIS.contains(&intid) {
             return Err(EINVAL);
         }
         let owner: *const T = owner;
