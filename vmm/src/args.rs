@@ -508,6 +508,35 @@ mod tests {
         rejected(&e)
     }
 
+    /// A boot in each memory mode with its required options.
+    const UFFD: [&str; 4] = ["--kernel", "k", "--mem-mode", "uffd"];
+    const CGROUP: [&str; 4] = ["--kernel", "k", "--mem-mode", "cgroup"];
+    const CGROUP_64: [&str; 6] = [
+        "--kernel",
+        "k",
+        "--mem-mode",
+        "cgroup",
+        "--cgroup-limit",
+        "64",
+    ];
+
+    /// Checks that each of `bads`, as the value of `option` after `base`,
+    /// is refused by clap, naming `option`.
+    fn rejects(base: &[&str], option: &str, bads: &[&str]) {
+        for bad in bads {
+            let mut args = base.to_vec();
+            args.extend([option, bad]);
+            assert_eq!(invalid_option(&args), option, "value {bad:?}");
+        }
+    }
+
+    /// Checks that `validate` refuses `option` (with `value`, after
+    /// `base`) as an option of memory mode `mode` only.
+    fn wrong_mode(base: &[&str], option: &'static str, value: &str, mode: &'static str) {
+        let args = [base, &[option, value]].concat();
+        assert_eq!(refused(&args), ArgsError::WrongMode { option, mode });
+    }
+
     /// What `validate` refuses, after clap accepted the line.
     fn refused(args: &[&str]) -> ArgsError {
         let cli = Cli::try_parse_from(std::iter::once("apf-vmm").chain(args.iter().copied()))
@@ -586,40 +615,18 @@ mod tests {
 
     #[test]
     fn uffd_source_is_gone() {
-        let e = err(&[
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "uffd",
-            "--uffd-source",
-            "ram.img",
-        ]);
+        let e = err(&[&UFFD[..], &["--uffd-source", "ram.img"]].concat());
         assert_eq!(e.kind(), ErrorKind::UnknownArgument);
     }
 
     #[test]
     fn cgroup_mode() {
-        let a = run_args(&[
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "cgroup",
-            "--cgroup-limit",
-            "128",
-        ]);
+        let a = run_args(&[&CGROUP[..], &["--cgroup-limit", "128"]].concat());
         assert_eq!(a.mem_mode, MemMode::Cgroup);
         assert_eq!(a.cgroup_limit_mib, Some(128));
         assert_eq!(a.cgroup_max_mib, Some(192));
 
-        let a = run_args(&[
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "cgroup",
-            "--cgroup-limit",
-            "48",
-            "--cgroup-max=48",
-        ]);
+        let a = run_args(&[&CGROUP[..], &["--cgroup-limit", "48", "--cgroup-max=48"]].concat());
         assert_eq!(a.cgroup_limit_mib, Some(48));
         assert_eq!(a.cgroup_max_mib, Some(48));
         assert_eq!(default_cgroup_max_mib(17), 25);
@@ -627,21 +634,9 @@ mod tests {
 
     #[test]
     fn cgroup_max_checks() {
-        let cg = [
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "cgroup",
-            "--cgroup-limit",
-            "64",
-        ];
-        for bad in ["15", "2097153", "x", "+64"] {
-            let mut args = cg.to_vec();
-            args.extend(["--cgroup-max", bad]);
-            assert_eq!(invalid_option(&args), "--cgroup-max", "value {bad:?}");
-        }
+        rejects(&CGROUP_64, "--cgroup-max", &["15", "2097153", "x", "+64"]);
         // Below the limit: `validate`'s check.
-        let mut args = cg.to_vec();
+        let mut args = CGROUP_64.to_vec();
         args.extend(["--cgroup-max", "63"]);
         assert_eq!(
             refused(&args),
@@ -651,16 +646,10 @@ mod tests {
                 reason: "below --cgroup-limit (64)".into(),
             }
         );
-        let mut args = cg.to_vec();
+        let mut args = CGROUP_64.to_vec();
         args.extend(["--cgroup-max", "2097152"]);
         assert_eq!(run_args(&args).cgroup_max_mib, Some(2 << 20));
-        assert_eq!(
-            refused(&["--kernel", "k", "--cgroup-max", "64"]),
-            ArgsError::WrongMode {
-                option: "--cgroup-max",
-                mode: "cgroup"
-            }
-        );
+        wrong_mode(&["--kernel", "k"], "--cgroup-max", "64", "cgroup");
         let e = err(&[
             "--kernel",
             "k",
@@ -809,25 +798,15 @@ mod tests {
             (e.kind(), rejected(&e)),
             (ErrorKind::UnknownArgument, "-1".into())
         );
-        for bad in ["0", "9", "two", "", "+2", "99999999999999999999999"] {
-            assert_eq!(
-                invalid_option(&["--kernel", "k", "--vcpus", bad]),
-                "--vcpus",
-                "value {bad:?}"
-            );
-        }
+        let bad = ["0", "9", "two", "", "+2", "99999999999999999999999"];
+        rejects(&["--kernel", "k"], "--vcpus", &bad);
     }
 
     #[test]
     fn mem_range() {
         assert_eq!(run_args(&["--kernel", "k", "--mem", "64"]).mem_mib, 64);
-        for bad in ["63", "4097", "0", "1G", "512M", "+512"] {
-            assert_eq!(
-                invalid_option(&["--kernel", "k", "--mem", bad]),
-                "--mem",
-                "value {bad:?}"
-            );
-        }
+        let bad = ["63", "4097", "0", "1G", "512M", "+512"];
+        rejects(&["--kernel", "k"], "--mem", &bad);
     }
 
     #[test]
@@ -843,73 +822,29 @@ mod tests {
             }
             assert_eq!(run_args(&args).mem_mode, mode);
         }
-        for bad in ["swap", "UFFD", ""] {
-            assert_eq!(
-                invalid_option(&["--kernel", "k", "--mem-mode", bad]),
-                "--mem-mode"
-            );
-        }
+        rejects(&["--kernel", "k"], "--mem-mode", &["swap", "UFFD", ""]);
     }
 
     #[test]
     fn uffd_latency_range() {
-        assert_eq!(
-            invalid_option(&[
-                "--kernel",
-                "k",
-                "--mem-mode",
-                "uffd",
-                "--uffd-latency-us",
-                "1000001"
-            ]),
-            "--uffd-latency-us"
-        );
-        let a = run_args(&[
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "uffd",
-            "--uffd-latency-us",
-            "1000000",
-        ]);
+        rejects(&UFFD, "--uffd-latency-us", &["1000001"]);
+        let a = run_args(&[&UFFD[..], &["--uffd-latency-us", "1000000"]].concat());
         assert_eq!(a.uffd.latency_us, 1_000_000);
     }
 
     #[test]
     fn uffd_evict_range() {
-        let base = ["--kernel", "k", "--mem-mode", "uffd", "--uffd-evict-ms"];
-        assert!(err(&[
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "uffd",
-            "--uffd-evict-ms",
-            "-5"
-        ])
-        .use_stderr());
-        for bad in ["1", "9", "600001", "1.5", "", "+10"] {
-            let mut v = base.to_vec();
-            v.push(bad);
-            assert_eq!(invalid_option(&v), "--uffd-evict-ms", "{bad}");
-        }
+        let base = [&UFFD[..], &["--uffd-evict-ms"]].concat();
+        assert!(err(&[&base[..], &["-5"]].concat()).use_stderr());
+        let bad = ["1", "9", "600001", "1.5", "", "+10"];
+        rejects(&UFFD, "--uffd-evict-ms", &bad);
         for (good, want) in [("0", 0), ("10", 10), ("1500", 1500), ("600000", 600_000)] {
             let mut v = base.to_vec();
             v.push(good);
             assert_eq!(run_args(&v).uffd.evict_ms, want);
         }
-        assert_eq!(
-            run_args(&["--kernel", "k", "--mem-mode", "uffd"])
-                .uffd
-                .evict_ms,
-            0
-        );
-        assert_eq!(
-            refused(&["--kernel", "k", "--uffd-evict-ms", "100"]),
-            ArgsError::WrongMode {
-                option: "--uffd-evict-ms",
-                mode: "uffd"
-            }
-        );
+        assert_eq!(run_args(&UFFD).uffd.evict_ms, 0);
+        wrong_mode(&["--kernel", "k"], "--uffd-evict-ms", "100", "uffd");
         let e = err(&[
             "--kernel",
             "k",
@@ -923,43 +858,9 @@ mod tests {
 
     #[test]
     fn options_of_other_modes_rejected() {
-        assert_eq!(
-            refused(&["--kernel", "k", "--uffd-latency-us", "10"]),
-            ArgsError::WrongMode {
-                option: "--uffd-latency-us",
-                mode: "uffd"
-            }
-        );
-        assert_eq!(
-            refused(&[
-                "--kernel",
-                "k",
-                "--mem-mode",
-                "cgroup",
-                "--cgroup-limit",
-                "64",
-                "--uffd-evict-ms",
-                "100"
-            ]),
-            ArgsError::WrongMode {
-                option: "--uffd-evict-ms",
-                mode: "uffd"
-            }
-        );
-        assert_eq!(
-            refused(&[
-                "--kernel",
-                "k",
-                "--mem-mode",
-                "uffd",
-                "--cgroup-limit",
-                "64"
-            ]),
-            ArgsError::WrongMode {
-                option: "--cgroup-limit",
-                mode: "cgroup"
-            }
-        );
+        wrong_mode(&["--kernel", "k"], "--uffd-latency-us", "10", "uffd");
+        wrong_mode(&CGROUP_64, "--uffd-evict-ms", "100", "uffd");
+        wrong_mode(&UFFD, "--cgroup-limit", "64", "cgroup");
         // As the user sees it.
         let text = err(&["--kernel", "k", "--uffd-latency-us", "10"]).to_string();
         assert!(
@@ -970,36 +871,14 @@ mod tests {
 
     #[test]
     fn cgroup_limit_required_and_ranged() {
-        let e = err(&["--kernel", "k", "--mem-mode", "cgroup"]);
+        let e = err(&CGROUP);
         assert_eq!(e.kind(), ErrorKind::MissingRequiredArgument);
         assert!(e.to_string().contains("--cgroup-limit"), "{e}");
         // `validate` does not trust clap on it.
-        let mut cli = Cli::try_parse_from([
-            "apf-vmm",
-            "--kernel",
-            "k",
-            "--mem-mode",
-            "cgroup",
-            "--cgroup-limit",
-            "64",
-        ])
-        .unwrap();
+        let mut cli = Cli::try_parse_from([&["apf-vmm"][..], &CGROUP_64].concat()).unwrap();
         cli.boot.cgroup_limit_mib = None;
         assert_eq!(cli.boot.validate(), Err(ArgsError::MissingCgroupLimit));
-        for bad in ["15", "0", "1048577", "lots"] {
-            assert_eq!(
-                invalid_option(&[
-                    "--kernel",
-                    "k",
-                    "--mem-mode",
-                    "cgroup",
-                    "--cgroup-limit",
-                    bad
-                ]),
-                "--cgroup-limit",
-                "value {bad:?}"
-            );
-        }
+        rejects(&CGROUP, "--cgroup-limit", &["15", "0", "1048577", "lots"]);
     }
 
     #[test]
@@ -1013,13 +892,8 @@ mod tests {
         let a = run_args(&["--kernel", "k", "--boot=acpi"]);
         assert_eq!(a.boot, BootMode::Acpi);
         assert_eq!(a.cmdline, format!("{DEFAULT_CMDLINE} efi=noruntime"));
-        for bad in ["ACPI", "uefi", "", "dt,acpi", "acpi "] {
-            assert_eq!(
-                invalid_option(&["--kernel", "k", "--boot", bad]),
-                "--boot",
-                "value {bad:?}"
-            );
-        }
+        let bad = ["ACPI", "uefi", "", "dt,acpi", "acpi "];
+        rejects(&["--kernel", "k"], "--boot", &bad);
         let e = err(&["--kernel", "k", "--boot", "acpi", "--boot", "dt"]);
         assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
         assert_eq!(invalid_option(&["--kernel", "k", "--boot"]), "--boot");
@@ -1076,15 +950,10 @@ mod tests {
             let a = run_args(&["--kernel", "k", "--apf-irq", &good.to_string()]);
             assert_eq!(a.apf_irq, Some(good));
         }
-        for bad in [
+        let bad = [
             "15", "32", "23", "25", "26", "27", "28", "29", "30", "x", "+22",
-        ] {
-            assert_eq!(
-                invalid_option(&["--kernel", "k", "--apf-irq", bad]),
-                "--apf-irq",
-                "value {bad:?}"
-            );
-        }
+        ];
+        rejects(&["--kernel", "k"], "--apf-irq", &bad);
     }
 
     #[test]

@@ -1,6 +1,8 @@
 // SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause
 
-//! Helpers shared by the unit tests.
+//! Helpers shared by the unit tests and the tests in `tests/`.
+
+use std::path::{Path, PathBuf};
 
 /// The little-endian `u16` at `off` in `b`.
 pub fn u16_at(b: &[u8], off: usize) -> u16 {
@@ -82,5 +84,61 @@ impl Drop for Anon {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `new` mapped.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+/// Splits a line of a `tests/*.list` file as `userspace/init/init.c` does:
+/// words separated by blanks; a word that starts with a double quote runs
+/// to the next one and may hold blanks.
+pub fn list_words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let mut rest = line.trim_start_matches([' ', '\t']);
+    while !rest.is_empty() {
+        let (word, after) = match rest.strip_prefix('"') {
+            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
+            None => rest.split_once([' ', '\t']).unwrap_or((rest, "")),
+        };
+        words.push(word.to_string());
+        rest = after.trim_start_matches([' ', '\t']);
+    }
+    words
+}
+
+/// Every case of the harness's `tests/*.list` files, as the list it is in
+/// and its words (`NAME TIMEOUT COMMAND ARGS...`); comments, blank lines
+/// and `include` lines left out.
+pub fn list_cases() -> Vec<(PathBuf, Vec<String>)> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
+    let mut lists: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "list"))
+        .collect();
+    lists.sort();
+    assert!(lists.len() >= 5, "{lists:?}");
+    let mut out = Vec::new();
+    for list in lists {
+        let text = std::fs::read_to_string(&list).unwrap();
+        for line in text.lines() {
+            let words = list_words(line);
+            if words.is_empty() || words[0].starts_with('#') || words[0] == "include" {
+                continue;
+            }
+            out.push((list.clone(), words));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_words_split_like_init() {
+        assert_eq!(
+            list_words("a 30 /bin/x --c \"d e\"  f\t\"\""),
+            ["a", "30", "/bin/x", "--c", "d e", "f", ""]
+        );
     }
 }

@@ -884,19 +884,19 @@ mod tests {
         assert_eq!(stats.pages_copied, 2);
     }
 
+    /// A handler over all of `mem` that serves zero pages, or the copies
+    /// `store` saved, each after `latency`.
+    fn handler_over(mem: &Anon, latency: Duration, store: Arc<Mutex<PageStore>>) -> UffdHandler {
+        let uffd = Userfault::register(mem.ptr, mem.len as u64).expect("userfaultfd");
+        uffd.spawn_handler(latency, PageSource::File(None), store, |_| {})
+            .unwrap()
+    }
+
     #[test]
     fn hold_serves_own_threads() {
         let ps = host_page_size() as usize;
         let mem = Anon::new(ps * 2);
-        let uffd = Userfault::register(mem.ptr, (ps * 2) as u64).expect("userfaultfd");
-        let handler = uffd
-            .spawn_handler(
-                Duration::ZERO,
-                PageSource::File(None),
-                store_for(&mem),
-                |_| {},
-            )
-            .unwrap();
+        let handler = handler_over(&mem, Duration::ZERO, store_for(&mem));
         let hold = handler.hold();
         let held = hold.hold();
         assert_eq!(mem.read_byte(ps), 0);
@@ -909,15 +909,7 @@ mod tests {
     fn latency_is_applied_per_page() {
         let ps = host_page_size() as usize;
         let mem = Anon::new(ps * 4);
-        let uffd = Userfault::register(mem.ptr, (ps * 4) as u64).expect("userfaultfd");
-        let handler = uffd
-            .spawn_handler(
-                Duration::from_millis(30),
-                PageSource::File(None),
-                store_for(&mem),
-                |_| {},
-            )
-            .unwrap();
+        let handler = handler_over(&mem, Duration::from_millis(30), store_for(&mem));
         let t = Instant::now();
         for p in 0..3 {
             assert_eq!(mem.read_byte(p * ps), 0);
@@ -944,15 +936,7 @@ mod tests {
         mem.write_byte(0, 0xaa);
 
         let store = store_for(&mem);
-        let uffd = Userfault::register(mem.ptr, (ps * pages) as u64).expect("userfaultfd");
-        let handler = uffd
-            .spawn_handler(
-                Duration::ZERO,
-                PageSource::File(None),
-                store.clone(),
-                |_| {},
-            )
-            .unwrap();
+        let handler = handler_over(&mem, Duration::ZERO, store.clone());
 
         // First touches fault and get zero pages; then the data goes in.
         for p in 1..20 {
@@ -990,15 +974,7 @@ mod tests {
     fn stop_without_faults() {
         let ps = host_page_size() as usize;
         let mem = Anon::new(ps);
-        let uffd = Userfault::register(mem.ptr, ps as u64).expect("userfaultfd");
-        let handler = uffd
-            .spawn_handler(
-                Duration::ZERO,
-                PageSource::File(None),
-                store_for(&mem),
-                |_| {},
-            )
-            .unwrap();
+        let handler = handler_over(&mem, Duration::ZERO, store_for(&mem));
         assert_eq!(handler.stop().unwrap(), UffdStats::default());
     }
 }

@@ -3,6 +3,7 @@
 //! Runs the built binary and checks exit codes and messages for bad input.
 //! None of these cases reaches KVM.
 
+use apf_vmm::testutil::{list_cases, list_words};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -283,23 +284,6 @@ fn move_commands_refuse_bad_input_before_any_vm() {
     assert!(String::from_utf8_lossy(&o.stdout).contains("--allow-apf-loss"));
 }
 
-/// Splits a line of a `tests/*.list` file as `userspace/init/init.c` does:
-/// words separated by blanks; a word that starts with a double quote runs
-/// to the next one and may hold blanks.
-fn list_words(line: &str) -> Vec<String> {
-    let mut words = Vec::new();
-    let mut rest = line.trim_start_matches([' ', '\t']);
-    while !rest.is_empty() {
-        let (word, after) = match rest.strip_prefix('"') {
-            Some(quoted) => quoted.split_once('"').unwrap_or((quoted, "")),
-            None => rest.split_once([' ', '\t']).unwrap_or((rest, "")),
-        };
-        words.push(word.to_string());
-        rest = after.trim_start_matches([' ', '\t']);
-    }
-    words
-}
-
 /// The arguments after the apf-vmm program word, if the line runs apf-vmm.
 fn vmm_args(words: &[String]) -> Option<Vec<String>> {
     let at = words.iter().position(|w| w.ends_with("/apf-vmm"))?;
@@ -312,33 +296,18 @@ fn vmm_args(words: &[String]) -> Option<Vec<String>> {
 /// writes (its shell variables given each value it uses), and the commands
 /// apf-e2e runs to restore or receive a moved VM.
 fn harness_command_lines() -> Vec<(String, Vec<String>)> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests");
-    let mut lists: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "list"))
-        .collect();
-    lists.sort();
-    assert!(lists.len() >= 5, "{lists:?}");
     let mut out = Vec::new();
-    for list in &lists {
-        let text = std::fs::read_to_string(list).unwrap();
-        for line in text.lines() {
-            let words = list_words(line);
-            if words.is_empty() || words[0].starts_with('#') || words[0] == "include" {
-                continue;
-            }
-            let Some(args) = vmm_args(&words) else {
-                continue;
-            };
-            let name = format!("{}: {}", list.display(), words[0]);
-            if words.iter().any(|w| w == "--move") {
-                let mut moved = args.clone();
-                moved.extend(["--api-socket".into(), "/tmp/apf-e2e-ctl-0".into()]);
-                out.push((format!("{name} (with --move)"), moved));
-            }
-            out.push((name, args));
+    for (list, words) in list_cases() {
+        let Some(args) = vmm_args(&words) else {
+            continue;
+        };
+        let name = format!("{}: {}", list.display(), words[0]);
+        if words.iter().any(|w| w == "--move") {
+            let mut moved = args.clone();
+            moved.extend(["--api-socket".into(), "/tmp/apf-e2e-ctl-0".into()]);
+            out.push((format!("{name} (with --move)"), moved));
         }
+        out.push((name, args));
     }
 
     // scripts/bench.sh: "$vmm --vcpus $vcpus ${vmm_opt[$regime]} $hide

@@ -608,59 +608,22 @@ mod tests {
         );
     }
 
-    /// Splits a line of a test list as the guest's init does: on blanks,
-    /// an argument in double quotes may hold spaces.
-    fn list_words(line: &str) -> Vec<String> {
-        let mut words = Vec::new();
-        let mut rest = line.trim_start();
-        while !rest.is_empty() {
-            let (word, tail) = match rest.strip_prefix('"') {
-                Some(q) => q.split_once('"').unwrap_or((q, "")),
-                None => rest.split_once([' ', '\t']).unwrap_or((rest, "")),
-            };
-            words.push(word.to_string());
-            rest = tail.trim_start();
-        }
-        words
-    }
-
-    #[test]
-    fn list_words_split_like_init() {
-        assert_eq!(
-            list_words("a 30 /bin/x --c \"d e\"  f\t\"\""),
-            ["a", "30", "/bin/x", "--c", "d e", "f", ""]
-        );
-    }
-
     /// Every apf-e2e command of the test lists parses.
     #[test]
     fn test_lists_parse() {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/");
         let mut seen = 0;
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.extension().is_none_or(|e| e != "list") {
+        for (list, words) in crate::testutil::list_cases() {
+            // NAME TIMEOUT COMMAND ARGS...
+            let Some(cmd) = words.get(2) else { continue };
+            if !cmd.ends_with("/apf-e2e") {
                 continue;
             }
-            let content = std::fs::read_to_string(&path).unwrap();
-            for line in content.lines() {
-                let line = line.trim();
-                if line.is_empty() || line.starts_with('#') {
-                    continue;
-                }
-                let words = list_words(line);
-                // NAME TIMEOUT COMMAND ARGS...
-                let Some(cmd) = words.get(2) else { continue };
-                if !cmd.ends_with("/apf-e2e") {
-                    continue;
-                }
-                let args: Vec<OsString> = words[3..].iter().map(OsString::from).collect();
-                if let Err(e) = parse(args) {
-                    panic!("{}: {line}: {e}", path.display());
-                }
-                seen += 1;
+            let args: Vec<OsString> = words[3..].iter().map(OsString::from).collect();
+            if let Err(e) = parse(args) {
+                panic!("{}: {words:?}: {e}", list.display());
             }
+            seen += 1;
         }
-        assert!(seen >= 10, "only {seen} apf-e2e lines in {dir}");
+        assert!(seen >= 10, "only {seen} apf-e2e lines in tests/*.list");
     }
 }
