@@ -266,39 +266,46 @@ pub enum VcpuEnd {
     Failed(String),
 }
 
+/// What the vCPUs of one VM share.
+pub struct Shared<W: Write> {
+    /// The devices.
+    pub bus: Arc<MmioBus<W>>,
+    /// Set to end every vCPU's loop.
+    pub stop: Arc<AtomicBool>,
+    /// Pauses the vCPUs; it must count every runner among its active
+    /// threads.
+    pub gate: Arc<PauseGate>,
+    /// How many unhandled MMIO accesses were reported.
+    pub mmio_warnings: Arc<AtomicU32>,
+}
+
+impl<W: Write> Clone for Shared<W> {
+    fn clone(&self) -> Self {
+        Shared {
+            bus: self.bus.clone(),
+            stop: self.stop.clone(),
+            gate: self.gate.clone(),
+            mmio_warnings: self.mmio_warnings.clone(),
+        }
+    }
+}
+
 /// Runs one vCPU until it ends.
 pub struct Runner<W: Write> {
     index: u8,
     fd: VcpuFd,
-    bus: Arc<MmioBus<W>>,
-    stop: Arc<AtomicBool>,
-    gate: Arc<PauseGate>,
-    mmio_warnings: Arc<AtomicU32>,
+    shared: Shared<W>,
 }
 
 impl<W: Write> Runner<W> {
-    /// Prepares the loop; `stop` and `gate` are checked before every
-    /// KVM_RUN. `gate` must count this runner among its active threads.
-    pub fn new(
-        index: u8,
-        fd: VcpuFd,
-        bus: Arc<MmioBus<W>>,
-        stop: Arc<AtomicBool>,
-        gate: Arc<PauseGate>,
-        mmio_warnings: Arc<AtomicU32>,
-    ) -> Self {
-        Runner {
-            index,
-            fd,
-            bus,
-            stop,
-            gate,
-            mmio_warnings,
-        }
+    /// Prepares the loop; `shared.stop` and `shared.gate` are checked
+    /// before every KVM_RUN.
+    pub fn new(index: u8, fd: VcpuFd, shared: Shared<W>) -> Self {
+        Runner { index, fd, shared }
     }
 
     fn warn_unhandled(&self, kind: &str, addr: u64, len: usize) {
-        let n = self.mmio_warnings.fetch_add(1, Ordering::Relaxed);
+        let n = self.shared.mmio_warnings.fetch_add(1, Ordering::Relaxed);
         if n < MAX_MMIO_WARNINGS {
             log::warn!(
                 "vcpu{}: unhandled MMIO {kind} of {len} bytes at {addr:#x}{}",
@@ -317,7 +324,7 @@ impl<W: Write> Runner<W> {
     pub fn run(mut self) -> (VcpuEnd, VcpuFd) {
         let end = {
             let run: *mut kvm_run = self.fd.get_kvm_run();
-            let gate = self.gate.clone();
+            let gate = self.shared.gate.clone();
             // Dropped before the vCPU fd leaves, and so before its mapping
             // can go.
             let _guard = RunGuard::new(&gate, run);
@@ -327,7 +334,7 @@ impl<W: Write> Runner<W> {
     }
 
     fn run_loop(&mut self, run: *mut kvm_run) -> VcpuEnd {
-        let gate = self.gate.clone();
+        let gate = self.shared.gate.clone();
         let mut serial_error_reported = false;
         loop {
             // Cleared before the checks: a kick after this point either
@@ -335,11 +342,11 @@ impl<W: Write> Runner<W> {
             // SAFETY: `run` is this vCPU's live `kvm_run` mapping (owned by
             // `self.fd`); volatile because the signal handler writes it.
             unsafe { std::ptr::addr_of_mut!((*run).immediate_exit).write_volatile(0) };
-            if self.stop.load(Ordering::Acquire) {
+            if self.shared.stop.load(Ordering::Acquire) {
                 return VcpuEnd::Stopped;
             }
             if gate.requested() {
-                gate.park(&self.stop);
+                gate.park(&self.shared.stop);
                 continue;
             }
             let exit = match self.fd.run() {
@@ -354,13 +361,13 @@ impl<W: Write> Runner<W> {
             match exit {
                 VcpuExit::MmioRead(addr, data) => {
                     let len = data.len();
-                    if !self.bus.read(addr, data) {
+                    if !self.shared.bus.read(addr, data) {
                         self.warn_unhandled("read", addr, len);
                     }
                 }
                 VcpuExit::MmioWrite(addr, data) => {
                     let len = data.len();
-                    match self.bus.write(addr, data) {
+                    match self.shared.bus.write(addr, data) {
                         Ok(true) => {}
                         Ok(false) => self.warn_unhandled("write", addr, len),
                         Err(e) => {

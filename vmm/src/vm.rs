@@ -31,7 +31,7 @@ use crate::pause::{PauseError, PauseGate};
 use crate::snapshot::{GicReg, VcpuState, VmState, APF_BLOCK_ENABLED};
 use crate::stats::{self, Stat, StatsError};
 use crate::uffd::FetchHold;
-use crate::vcpu::{self, Runner, VcpuEnd, VcpuError};
+use crate::vcpu::{self, Runner, Shared, VcpuEnd, VcpuError};
 
 /// How long to keep kicking vCPU threads before giving up on joining them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -425,16 +425,15 @@ impl Vm {
         let stop = Arc::new(AtomicBool::new(false));
         let gate = Arc::new(PauseGate::new(vcpus.len()));
         let warnings = Arc::new(AtomicU32::new(0));
+        let shared = Shared {
+            bus: bus.clone(),
+            stop: stop.clone(),
+            gate: gate.clone(),
+            mmio_warnings: warnings.clone(),
+        };
         let mut threads: Vec<JoinHandle<VcpuFd>> = Vec::with_capacity(vcpus.len());
         for (index, fd) in (0u8..).zip(vcpus) {
-            let runner = Runner::new(
-                index,
-                fd,
-                bus.clone(),
-                stop.clone(),
-                gate.clone(),
-                warnings.clone(),
-            );
+            let runner = Runner::new(index, fd, shared.clone());
             let tx = events.clone();
             let spawned = thread::Builder::new()
                 .name(format!("vcpu{index}"))
