@@ -18,12 +18,11 @@ import re
 import statistics
 import sys
 
-START = re.compile(r"^@@ START (bench:\S+)")
-END = re.compile(r"^@@ END (bench:\S+) (\S+) (\S+)")
+from consolelog import VERDICT, cases, exited_ok
+
 STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+) "
                    r"compute_frac=([\d.]+)")
 FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
-VERDICT = re.compile(r"^e2e: (PASS|FAIL)\b")
 AFTER_MOVE = re.compile(r"^e2e: after-move wall=([\d.]+)s")
 MOVE_WORK = ("restore", "postcopy")
 HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
@@ -32,22 +31,17 @@ FIELD = re.compile(r"(\w+)=(\d+)")
 
 def parse(log):
     runs = {}
-    cur = None
-    with open(log, errors="replace") as f:
-        for line in f:
-            line = line.rstrip("\r\n")
-            m = START.match(line)
-            if m:
-                _, config, apf, rep = m.group(1).split(":")
-                work, regime, vcpus = config.split("-")
-                cur = runs[m.group(1)] = {
-                    "name": m.group(1), "config": config, "work": work, "regime": regime,
-                    "vcpus": int(vcpus), "apf": apf, "rep": int(rep),
-                    "rounds": [], "host": {}, "ok": False,
-                }
-                continue
-            if cur is None:
-                continue
+    for name, lines, end in cases(log):
+        if not name.startswith("bench:"):
+            continue
+        _, config, apf, rep = name.split(":")
+        work, regime, vcpus = config.split("-")
+        cur = runs[name] = {
+            "name": name, "config": config, "work": work, "regime": regime,
+            "vcpus": int(vcpus), "apf": apf, "rep": int(rep),
+            "rounds": [], "host": {}, "ok": False,
+        }
+        for line in lines:
             m = STORM.match(line)
             if m:
                 cur["rounds"].append({"round": int(m.group(1)), "pages": int(m.group(2)),
@@ -68,11 +62,8 @@ def parse(log):
             m = VERDICT.match(line)
             if m:
                 cur["verdict"] = m.group(1)
-            m = END.match(line)
-            if m and m.group(1) == cur["name"]:
-                cur["ok"] = (m.group(2), m.group(3)) == ("exit", "0") and \
-                    cur.get("verdict") == "PASS" and bool(cur["rounds"])
-                cur = None
+        cur["ok"] = end is not None and exited_ok(end) and \
+            cur.get("verdict") == "PASS" and bool(cur["rounds"])
     return runs
 
 

@@ -13,6 +13,8 @@ import os
 import re
 import sys
 
+from consolelog import END, START
+
 TS = re.compile(r"^\[\s*\d+\.\d+\] ")
 BAD = re.compile(r"Kernel panic|Internal error: Oops|\bOops\b|WARNING: CPU|"
                  r"\bBUG:|possible circular locking|possible recursive locking|"
@@ -24,12 +26,10 @@ KVM_OK = re.compile(r"kvm \[\d+\]: (VHE|Hyp) mode initialized successfully|"
 KUNIT_SUITE = re.compile(r"^\s*# Subtest: (\S+)")
 KUNIT_TOP = re.compile(r"^(not ok|ok) \d+ (\S+)(.*)$")
 KUNIT_CASE = re.compile(r"^\s+(not ok|ok) \d+ ")
-END = re.compile(r"^@@ END (\S+) (\S+) (\S+)(?: (\d+))?")
 # In verbose mode (make run), the console lines shown unless SHOW_ALL=1:
 # APF, the e2e driver, the workload, the VMM's statistics and trouble.
 SHOWN = re.compile(r"apf|e2e:|workload:|uffd:|CPU\d+: Booted|psci: CPU\d+ killed|"
                    r"error|warn|Oops|BUG|panic|Call trace", re.IGNORECASE)
-START = re.compile(r"^@@ START (\S+)")
 # What an end-to-end run (apf-e2e) says, for the APF on/hidden comparison.
 E2E_PASS = re.compile(r"^e2e: PASS not_present=(\d+) ready=(\d+) wall=([\d.]+)s")
 WORKLOAD_OK = re.compile(r"^workload: ok .*compute_iters=(\d+)")

@@ -35,45 +35,37 @@ set -e
 
 # One line per run from the console log, then the counts per case.
 summary_rc=0
-python3 - "$B/logs/soak-swap-console.log" "$runs" "${cases[@]}" <<'EOF' || summary_rc=$?
+PYTHONPATH="$TOP/scripts" python3 - "$B/logs/soak-swap-console.log" "$runs" "${cases[@]}" <<'EOF' || summary_rc=$?
 import re
 import sys
 
-log, runs, cases = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
-START = re.compile(r"^@@ START (\S+)")
-END = re.compile(r"^@@ END (\S+) (\S+) (\S+)")
+from consolelog import FAILED, VERDICT, WALL, cases, exited_ok
+
+log, runs, wanted = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 AGREE = re.compile(r"^e2e: check host-guest-agree: \S+ \(not_present host=(\d+) guest=(\d+), "
                    r"ready host=(\d+) guest=(\d+)\)")
-VERDICT = re.compile(r"^e2e: (PASS|FAIL)\b.*?wall=([\d.]+)s")
 FIELD = re.compile(r"\b(swap_read_kib|peak_mib)=([\d.]+)")
-FAILED = re.compile(r"^e2e: FAIL \(([^)]*)\)")
 
 runs_seen = {}
-current = None
-with open(log, errors="replace") as f:
-    for line in f:
-        line = line.rstrip("\r\n")
-        m = START.match(line)
-        if m:
-            current = runs_seen.setdefault(m.group(1), {"name": m.group(1)})
-            continue
-        if current is None:
-            continue
+for name, lines, end in cases(log):
+    current = runs_seen.setdefault(name, {"name": name})
+    for line in lines:
         m = AGREE.match(line)
         if m:
             current.update(np_host=int(m.group(1)), np_guest=int(m.group(2)),
                            rd_host=int(m.group(3)), rd_guest=int(m.group(4)))
         m = VERDICT.match(line)
         if m:
-            current.update(verdict=m.group(1), wall=float(m.group(2)))
+            current["verdict"] = m.group(1)
+            wall = WALL.search(line)
+            if wall:
+                current["wall"] = float(wall.group(1))
             current.update({k: float(v) for k, v in FIELD.findall(line)})
             f2 = FAILED.match(line)
             if f2:
                 current["failed"] = f2.group(1)
-        m = END.match(line)
-        if m and m.group(1) == current["name"]:
-            current["ok"] = m.group(2) == "exit" and m.group(3) == "0"
-            current = None
+    if end is not None:
+        current["ok"] = exited_ok(end)
 
 def rng(vals, fmt):
     return f"{fmt.format(min(vals))}..{fmt.format(max(vals))}" if vals else "-"
@@ -83,7 +75,7 @@ print(f"{'run':22} {'result':6} {'not_present':>17} {'ready':>17} {'swap read':>
 print(f"{'':22} {'':6} {'host/guest':>17} {'host/guest':>17} {'MiB':>11} {'MiB':>9} {'s':>7}")
 summary = []
 all_ok = True
-for c in cases:
+for c in wanted:
     names = [f"{c}-{i}" for i in range(1, runs + 1)]
     got = [runs_seen.get(n, {"name": n}) for n in names]
     for r in got:
