@@ -27,6 +27,7 @@ use apf_vmm::e2e::check::{self, SwapDelta, VmmEnd};
 use apf_vmm::e2e::diskstat::DiskStat;
 use apf_vmm::e2e::parse::Observations;
 use apf_vmm::e2e::swap::{self, DiskSwap, PageCluster};
+use apf_vmm::e2e::trace::{self, Tracer};
 use apf_vmm::error::EXIT_FAILURE;
 use apf_vmm::lines::Capture;
 use apf_vmm::memcg::{self, MemcgReport};
@@ -433,7 +434,20 @@ fn run(args: E2eArgs) -> u8 {
         obs.watch(text);
     }
     let mut log = MoveLog::default();
-    let (end, pid) = match run_vmm(&args, &mut obs, &mut log) {
+    // Measurement only: a run is not failed for want of tracing.
+    let tracer = match args.trace {
+        false => None,
+        true => Tracer::start(Path::new(trace::TRACEFS))
+            .map_err(|e| say(&format!("e2e: warning: trace: {e}")))
+            .ok(),
+    };
+    let vmm = run_vmm(&args, &mut obs, &mut log);
+    match tracer.map(Tracer::finish) {
+        Some(Ok(b)) => say(&b.to_string()),
+        Some(Err(e)) => say(&format!("e2e: warning: trace: {e}")),
+        None => {}
+    }
+    let (end, pid) = match vmm {
         Ok(r) => r,
         Err(e) => {
             say(&format!(

@@ -89,6 +89,8 @@ pub struct E2eArgs {
     pub console_has: Vec<String>,
     /// Moves of the VM, if any.
     pub moves: Option<Moves>,
+    /// Break the faults' time down from KVM's trace events (`--trace`).
+    pub trace: bool,
     /// The VMM and its arguments.
     pub command: Vec<OsString>,
 }
@@ -169,6 +171,11 @@ struct Cli {
     #[arg(long, value_name = "K", requires = "move_kind",
           value_parser = decimal::<0, MAX_UNACKED_AT>)]
     unacked_at: Option<u64>,
+    /// Record KVM's async_pf, hypercall and stage-2 fault trace events
+    /// during the run and print where the faults' time went
+    /// ('e2e: trace ...'): fetch, delivery, ACK, retry.
+    #[arg(long)]
+    trace: bool,
     /// The VMM and its arguments, after --.
     #[arg(last = true, required = true, value_name = "VMM ARGS")]
     command: Vec<OsString>,
@@ -238,6 +245,7 @@ impl From<Cli> for E2eArgs {
             guest_min: c.guest_min,
             console_has: c.console_has,
             moves,
+            trace: c.trace,
             command: c.command,
         }
     }

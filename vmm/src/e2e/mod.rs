@@ -9,9 +9,11 @@
 //! - `swap`: disk swap, `vm.page-cluster` and cgroup v2 set-up in the
 //!   emulated host.
 //! - `diskstat`: the swap device's I/O counters around a run.
+//! - `trace`: where a fault's time goes, from KVM's trace events (`--trace`).
 
 pub mod args;
 pub mod check;
 pub mod diskstat;
 pub mod parse;
 pub mod swap;
+pub mod trace;
