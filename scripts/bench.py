@@ -24,6 +24,9 @@ STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+)
                    r"compute_frac=([\d.]+)")
 FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
 AFTER_MOVE = re.compile(r"^e2e: after-move wall=([\d.]+)s")
+TRACE = re.compile(r"^e2e: trace (.*)")
+# Where a fault's time goes (apf-e2e --trace, src/e2e/trace.rs).
+TRACE_SPANS = ("fetch", "delivery", "ack", "retry")
 MOVE_WORK = ("restore", "postcopy")
 HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
 FIELD = re.compile(r"(\w+)=(\d+)")
@@ -55,6 +58,9 @@ def parse(log):
             m = AFTER_MOVE.match(line)
             if m:
                 cur["rounds"].append({"after_move_s": float(m.group(1))})
+            m = TRACE.match(line)
+            if m:
+                cur["trace"] = {k: int(v) for k, v in FIELD.findall(m.group(1))}
             m = HOST.match(line)
             if m:
                 for k, v in FIELD.findall(m.group(1)):
@@ -99,6 +105,16 @@ def figures(runs):
                 pairs.setdefault(r["rep"], {})[r["apf"]] = r
         pairs = [p for _, p in sorted(pairs.items()) if "on" in p and "hidden" in p]
         work = rs[0]["work"]
+        if work == "trace":
+            traced = [r for r in rs if r["ok"] and r["apf"] == "on" and "trace" in r]
+            f = {"work": work, "regime": rs[0]["regime"], "vcpus": rs[0]["vcpus"],
+                 "pairs": 0, "runs": len(traced), "failed": sum(not r["ok"] for r in rs),
+                 "faults": summary([r["trace"].get("faults") for r in traced])}
+            for span in TRACE_SPANS:
+                for q in ("us", "p90_us"):
+                    f[f"{span}_{q}"] = summary([r["trace"].get(f"{span}_{q}") for r in traced])
+            out[config] = f
+            continue
         f = {"work": work, "regime": rs[0]["regime"], "vcpus": rs[0]["vcpus"],
              "pairs": len(pairs), "runs": len(rs), "failed": sum(not r["ok"] for r in rs)}
         if work == "storm":
@@ -155,6 +171,10 @@ def med_only(s):
     return f"{s['median']:.2f}" if s else "-"
 
 
+def med_only0(s):
+    return f"{s['median']:.0f}" if s else "-"
+
+
 def table(figs, command):
     lines = [
         f"`{command}`: median (min .. max) over the pairs; every ratio is APF on "
@@ -196,6 +216,22 @@ def table(figs, command):
                          f"{fmt(f['after_move_s_hidden'], digits=1)} s | "
                          f"{fmt(f['after_move_ratio'], pct=True)} | "
                          f"{fmt(f['not_present_on'], digits=0)} |")
+    traced = [(c, f) for c, f in figs.items() if f["work"] == "trace"]
+    if traced:
+        lines += ["", "| where a fault's time goes (APF on, traced) | vCPUs | runs "
+                  "| PAGE_NOT_PRESENT per run | fetch, us | delivery, us | ACK, us "
+                  "| retry, us |", "|---|---|---|---|---|---|---|---|"]
+        for config, f in traced:
+            cells = " | ".join(f"{med_only0(f[f'{s}_us'])} (p90 {med_only0(f[f'{s}_p90_us'])})"
+                               for s in TRACE_SPANS)
+            lines.append(f"| {f['regime']} | {f['vcpus']} | {f['runs']} | "
+                         f"{fmt(f['faults'], digits=0)} | {cells} |")
+        lines += ["", "Where a fault's time goes: medians over the runs of each run's "
+                  "median (and 90th percentile) from KVM's trace events. Fetch: "
+                  "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "
+                  "written and the PPI raised; ACK: to the vCPU's next hypercall; "
+                  "retry: PAGE_READY to the next stage-2 fault on the page, the woken "
+                  "task repeating its access."]
     lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
               "reads its evicted pages, as a fraction of its rate with nothing faulting. "
               "Faulting thread's time: one pass over its pages."]
@@ -236,7 +272,8 @@ def svg(figs):
 
 
 FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
-           "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio")
+           "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio",
+           "fetch_us", "delivery_us", "ack_us", "retry_us")
 
 
 def compare(first, second):

@@ -13,6 +13,9 @@
 #          cgroup below the working set, swapping to the host's disk);
 #          1 and 2 vCPUs.
 #   free:  nothing faults; compute-only and memory-touching loops.
+#   trace: the storm with APF on only, under apf-e2e --trace: where a
+#          fault's time goes (fetch, delivery, ACK, retry), from KVM's
+#          trace events; not paired, as tracing has its own cost.
 #   restore, postcopy: workload (e), the time the guest takes to finish
 #          a fixed amount of work (apf-workload, 4 MiB per writer pass,
 #          3 rounds) after it was moved mid-run: snapshot and lazy
@@ -21,12 +24,12 @@
 #          hidden the source VM already hides it (the restore keeps it).
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
 # interleaved. BENCH_QUICK=1: uffd1000 and swap on 2 vCPUs, and free,
-# 3 repetitions, fewer rounds (about 16 minutes here). BENCH_OUT: the output
+# 2 repetitions, 3 rounds (under 10 minutes here). BENCH_OUT: the output
 # folder (default out/bench).
 source "$(dirname "$0")/lib.sh"
 
 quick=${BENCH_QUICK:-0}
-reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 3 || echo 5)}
+reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 2 || echo 5)}
 [[ $reps =~ ^[1-9][0-9]?$ ]] || die "bench: BENCH_REPS must be 1..99, not '$reps'"
 rounds=$([ "$quick" = 1 ] && echo 3 || echo 5)
 out=${BENCH_OUT:-$TOP/out/bench}
@@ -58,7 +61,7 @@ if [ "$quick" = 1 ]; then
 else
 	configs=(storm-uffd200-1 storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2
 		storm-uffd5000-1 storm-uffd5000-2 storm-swap-1 storm-swap-2
-		free-free-1 free-free-2
+		free-free-1 free-free-2 trace-uffd1000-2 trace-swap-2
 		restore-uffd1000-2 restore-uffd5000-2 restore-uffd10000-2
 		postcopy-uffd1000-2 postcopy-uffd5000-2 postcopy-uffd10000-2)
 fi
@@ -72,11 +75,14 @@ for rep in $(seq "$reps"); do
 	for c in "${configs[@]}"; do
 		IFS=- read -r work regime vcpus <<<"$c"
 		for apf in on hidden; do
+			[ "$work" = trace ] && [ "$apf" = hidden ] && continue
 			# The fault-free runs have no event to expect either way.
 			if [ "$apf" = hidden ]; then
 				expect="--expect none" hide="--apf hidden"
 			elif [ "$work" = storm ]; then
 				expect="--expect events" hide=""
+			elif [ "$work" = trace ]; then
+				expect="--expect events --trace" hide=""
 			else
 				expect="" hide=""
 			fi
