@@ -23,13 +23,14 @@
 #          page in uffd1000 / uffd5000 / uffd10000 (1, 5, 10 ms). With APF
 #          hidden the source VM already hides it (the restore keeps it).
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
-# interleaved. BENCH_QUICK=1: uffd1000 and swap on 2 vCPUs, and free,
-# 2 repetitions, 3 rounds (under 10 minutes here). BENCH_OUT: the output
+# interleaved. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and the uffd1000
+# trace, 3 repetitions of 3 rounds (about 8 minutes here; swap, whose
+# runs take 3 to 6 minutes each, is in the full run only). BENCH_OUT: the output
 # folder (default out/bench).
 source "$(dirname "$0")/lib.sh"
 
 quick=${BENCH_QUICK:-0}
-reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 2 || echo 5)}
+reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 3 || echo 5)}
 [[ $reps =~ ^[1-9][0-9]?$ ]] || die "bench: BENCH_REPS must be 1..99, not '$reps'"
 rounds=$([ "$quick" = 1 ] && echo 3 || echo 5)
 out=${BENCH_OUT:-$TOP/out/bench}
@@ -57,7 +58,7 @@ declare -A move_kind=([restore]=snapshot [postcopy]=postcopy)
 move_guest="APF_WL_MIB=4 APF_WL_ROUNDS=3"
 
 if [ "$quick" = 1 ]; then
-	configs=(storm-uffd1000-2 storm-swap-2 free-free-2)
+	configs=(storm-uffd1000-2 free-free-2 trace-uffd1000-2)
 else
 	configs=(storm-uffd200-1 storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2
 		storm-uffd5000-1 storm-uffd5000-2 storm-swap-1 storm-swap-2
