@@ -175,57 +175,60 @@ def med_only0(s):
     return f"{s['median']:.0f}" if s else "-"
 
 
+def section(head, rows):
+    """A markdown table: its header cells, then a row of cells per row."""
+    row = lambda cells: "| " + " | ".join(cells) + " |"
+    return [row(head), "|" + "---|" * len(head)] + [row(r) for r in rows]
+
+
+def of_work(figs, *works):
+    return [(c, f) for c, f in figs.items() if f["work"] in works]
+
+
 def table(figs, command):
     lines = [
         f"`{command}`: median (min .. max) over the pairs; every ratio is APF on "
         "against APF hidden within one pair of one boot of the emulated host (QEMU TCG: "
         "ratios, not hardware timings).",
         "",
-        "| configuration | vCPUs | pairs | compute progress, APF on | compute progress, hidden "
-        "| faulting thread's time, on vs hidden | PAGE_NOT_PRESENT per run "
-        "| exits per fault, more than hidden (of which HVC, WFI) |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for config, f in figs.items():
-        if f["work"] != "storm":
-            continue
-        lines.append(f"| {f['regime']} | {f['vcpus']} | {f['pairs']} | "
-                     f"{fmt(f['compute_frac_on'])} | {fmt(f['compute_frac_hidden'])} | "
-                     f"{fmt(f['fault_time_ratio'], pct=True)} | "
-                     f"{fmt(f['not_present_on'], digits=0)} | "
-                     f"{med_only(f['extra_exits_per_fault'])} "
-                     f"({med_only(f['extra_hvc_exit_stat_per_fault'])}, "
-                     f"{med_only(f['extra_wfi_exit_stat_per_fault'])}) |")
-    free = [(c, f) for c, f in figs.items() if f["work"] == "free"]
+    lines += section(
+        ["configuration", "vCPUs", "pairs", "compute progress, APF on",
+         "compute progress, hidden", "faulting thread's time, on vs hidden",
+         "PAGE_NOT_PRESENT per run", "exits per fault, more than hidden (of which HVC, WFI)"],
+        [[f["regime"], str(f["vcpus"]), str(f["pairs"]), fmt(f["compute_frac_on"]),
+          fmt(f["compute_frac_hidden"]), fmt(f["fault_time_ratio"], pct=True),
+          fmt(f["not_present_on"], digits=0),
+          f"{med_only(f['extra_exits_per_fault'])} "
+          f"({med_only(f['extra_hvc_exit_stat_per_fault'])}, "
+          f"{med_only(f['extra_wfi_exit_stat_per_fault'])})"]
+         for _, f in of_work(figs, "storm")])
+    free = of_work(figs, "free")
     if free:
-        lines += ["", "| fault-free | vCPUs | pairs | compute-only time, on vs hidden "
-                  "| memory-touching time, on vs hidden |", "|---|---|---|---|---|"]
-        for config, f in free:
-            lines.append(f"| {config} | {f['vcpus']} | {f['pairs']} | "
-                         f"{fmt(f['compute_ratio'], pct=True)} | "
-                         f"{fmt(f['touch_ratio'], pct=True)} |")
-    moved = [(c, f) for c, f in figs.items() if f["work"] in MOVE_WORK]
+        lines += [""] + section(
+            ["fault-free", "vCPUs", "pairs", "compute-only time, on vs hidden",
+             "memory-touching time, on vs hidden"],
+            [[config, str(f["vcpus"]), str(f["pairs"]), fmt(f["compute_ratio"], pct=True),
+              fmt(f["touch_ratio"], pct=True)] for config, f in free])
+    moved = of_work(figs, *MOVE_WORK)
     if moved:
-        lines += ["", "| workload (e): moved mid-run | fetch latency | vCPUs | pairs "
-                  "| time to finish after the move, APF on | APF hidden "
-                  "| on vs hidden | PAGE_NOT_PRESENT per run |", "|---|---|---|---|---|---|---|---|"]
-        for config, f in moved:
-            lat = f["regime"].removeprefix("uffd")
-            lines.append(f"| {f['work']} | {int(lat) / 1000:g} ms | {f['vcpus']} | "
-                         f"{f['pairs']} | {fmt(f['after_move_s_on'], digits=1)} s | "
-                         f"{fmt(f['after_move_s_hidden'], digits=1)} s | "
-                         f"{fmt(f['after_move_ratio'], pct=True)} | "
-                         f"{fmt(f['not_present_on'], digits=0)} |")
-    traced = [(c, f) for c, f in figs.items() if f["work"] == "trace"]
+        lines += [""] + section(
+            ["workload (e): moved mid-run", "fetch latency", "vCPUs", "pairs",
+             "time to finish after the move, APF on", "APF hidden", "on vs hidden",
+             "PAGE_NOT_PRESENT per run"],
+            [[f["work"], f"{int(f['regime'].removeprefix('uffd')) / 1000:g} ms",
+              str(f["vcpus"]), str(f["pairs"]), f"{fmt(f['after_move_s_on'], digits=1)} s",
+              f"{fmt(f['after_move_s_hidden'], digits=1)} s",
+              fmt(f["after_move_ratio"], pct=True), fmt(f["not_present_on"], digits=0)]
+             for _, f in moved])
+    traced = of_work(figs, "trace")
     if traced:
-        lines += ["", "| where a fault's time goes (APF on, traced) | vCPUs | runs "
-                  "| PAGE_NOT_PRESENT per run | fetch, us | delivery, us | ACK, us "
-                  "| retry, us |", "|---|---|---|---|---|---|---|---|"]
-        for config, f in traced:
-            cells = " | ".join(f"{med_only0(f[f'{s}_us'])} (p90 {med_only0(f[f'{s}_p90_us'])})"
-                               for s in TRACE_SPANS)
-            lines.append(f"| {f['regime']} | {f['vcpus']} | {f['runs']} | "
-                         f"{fmt(f['faults'], digits=0)} | {cells} |")
+        lines += [""] + section(
+            ["where a fault's time goes (APF on, traced)", "vCPUs", "runs",
+             "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us"],
+            [[f["regime"], str(f["vcpus"]), str(f["runs"]), fmt(f["faults"], digits=0)] +
+             [f"{med_only0(f[f'{s}_us'])} (p90 {med_only0(f[f'{s}_p90_us'])})"
+              for s in TRACE_SPANS] for _, f in traced])
         lines += ["", "Where a fault's time goes: medians over the runs of each run's "
                   "median (and 90th percentile) from KVM's trace events. Fetch: "
                   "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "

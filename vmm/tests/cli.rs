@@ -141,14 +141,10 @@ fn bad_arguments_exit_two() {
         ),
         (
             &[
-                "--kernel",
-                "k",
-                "--mem-mode",
-                "cgroup",
-                "--cgroup-limit",
-                "64",
-                "--cgroup-max",
-                "32",
+                "--kernel=k",
+                "--mem-mode=cgroup",
+                "--cgroup-limit=64",
+                "--cgroup-max=32",
             ],
             "invalid value '32' for --cgroup-max: below --cgroup-limit (64)",
         ),
