@@ -14,6 +14,16 @@ use crate::bindings;
 ///
 /// This is false on bare metal, under another hypervisor, and when the VMM
 /// hid the service.
+///
+/// # Examples
+///
+/// ```
+/// use kernel::{arm_smccc, bindings};
+///
+/// if arm_smccc::kvm_service_available(bindings::ARM_SMCCC_KVM_FUNC_PTP) {
+///     pr_info!("KVM offers its PTP clock\n");
+/// }
+/// ```
 pub fn kvm_service_available(func: u32) -> bool {
     // SAFETY: Only reads the bitmap discovered at boot.
     unsafe { bindings::kvm_arm_hyp_service_available(func) }
