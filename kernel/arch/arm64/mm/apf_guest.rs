@@ -231,7 +231,7 @@ impl Table {
     fn chain(&self, token: u32) -> &RawSpinLockIrq<u32> {
         // `hash_32()`: the host builds tokens from a vCPU index and a
         // sequence number, which the multiplication spreads.
-        let hash = token.wrapping_mul(0x61c8_8647) >> (32 - HASH_BITS);
+        let hash = token.wrapping_mul(bindings::GOLDEN_RATIO_32) >> (32 - HASH_BITS);
         &self.chains[hash as usize]
     }
 
