@@ -16,7 +16,7 @@ all: kernel
 help:
 	@echo "make run        boot the emulated arm64 KVM host and run the demo"
 	@echo "make soak-swap  run e2e-swap and e2e-swap-hidden SOAK_RUNS times each (default 20)"
-	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: about 16 min)"
+	@echo "make bench      APF on against hidden: out/bench/ (BENCH_QUICK=1: about 9 min)"
 	@echo "make test       build everything and run every test (what CI runs)"
 	@echo "make test-debug the APF tests on a KASAN/lockdep/kmemleak host kernel"
 	@echo "make test-rt    the preemptible e2e cases with a PREEMPT_RT guest kernel"
@@ -48,9 +48,10 @@ selftests: kernel
 guest: kernel
 	@$(S)/guest.sh tests/guest.list
 
-# The VMM's own unit tests, on the build machine.
+# The VMM's and the guest macro workload's unit tests, on the build machine.
 vmm-test: deps
 	@cd vmm && cargo test --locked
+	@cd userspace/compress && cargo test --locked
 
 test: selftests guest vmm-test
 	@$(S)/boot.sh test $(TEST_LISTS)

@@ -18,9 +18,16 @@ for bin in apf-vmm apf-e2e; do
 	aarch64-linux-gnu-strip "$extra/bin/$bin"
 done
 
+say "building the guest's macro workload (userspace/compress/; log: $B/logs/compress.log)"
+(cd "$TOP/userspace/compress" && run_logged compress "$B/logs/compress.log" \
+	cargo build --release --locked --target aarch64-unknown-linux-musl \
+	--config "$TOP/vmm/.cargo/config.toml")
+
 cp "$KOUT/arch/arm64/boot/Image" "$extra/guest/Image"
 stage=$B/guest-initramfs.d
 stage_initramfs "$stage" "$@"
+cp "$TOP/userspace/compress/target/aarch64-unknown-linux-musl/release/apf-compress" "$stage/bin/"
+aarch64-linux-gnu-strip "$stage/bin/apf-compress"
 for prog in apf-workload apf-bench; do
 	aarch64-linux-gnu-gcc -static -O2 -Wall -Wextra -Werror -pthread -o "$stage/bin/$prog" \
 		"$TOP/userspace/workload/$prog.c" || die "cannot build userspace/workload/$prog.c"

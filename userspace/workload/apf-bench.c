@@ -29,6 +29,10 @@
  *   passes over APF_BENCH_MIB MiB of resident memory are timed
  *   APF_BENCH_ROUNDS times each ("compute_ms", "touch_ms").
  *
+ * APF_BENCH=macro: workload (d), a real multi-process program: apf-bench
+ *   becomes /bin/apf-compress (userspace/compress/), which gzips a generated
+ *   data set in parallel worker processes and prints its own lines.
+ *
  * Without APF_BENCH it prints nothing and exits 0, so that one guest
  * initramfs serves the tests and the benchmark. It ends with the verdict
  * line that apf-e2e checks, "workload: ok ..." or "workload: FAIL ...".
@@ -281,6 +285,11 @@ int main(void)
 	mode = getenv("APF_BENCH");
 	if (!mode)
 		return 0;
+	if (!strcmp(mode, "macro")) {
+		execl("/bin/apf-compress", "apf-compress", (char *)NULL);
+		printf("workload: FAIL apf-bench: /bin/apf-compress: %s\n", strerror(errno));
+		return EXIT_FAIL;
+	}
 	page_size = sysconf(_SC_PAGESIZE);
 	mib = env_long("apf-bench", "APF_BENCH_MIB", mib, 1, MAX_MIB);
 	rounds = env_long("apf-bench", "APF_BENCH_ROUNDS", rounds, 1, MAX_ROUNDS);
@@ -301,7 +310,7 @@ int main(void)
 	} else if (!strcmp(mode, "free")) {
 		ret = free_run();
 	} else {
-		fprintf(stderr, "apf-bench: APF_BENCH=%s: storm or free\n", mode);
+		fprintf(stderr, "apf-bench: APF_BENCH=%s: storm, free or macro\n", mode);
 		return EXIT_USAGE;
 	}
 	/* The verdict apf-e2e checks, as for apf-workload. */
