@@ -11,6 +11,7 @@
 //! with.
 
 use std::ffi::{OsStr, OsString};
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
 use clap::builder::{RangedU64ValueParser, TypedValueParser};
@@ -32,6 +33,8 @@ pub const DEFAULT_VCPUS: u8 = 1;
 pub const DEFAULT_MEM_MIB: u64 = 512;
 /// Largest accepted `--uffd-latency-us` (one second).
 pub const MAX_UFFD_LATENCY_US: u64 = 1_000_000;
+/// Largest accepted `--uffd-queue-depth`.
+pub const MAX_UFFD_QUEUE_DEPTH: usize = 1024;
 /// Smallest non-zero `--uffd-evict-ms`: below this the guest would do
 /// little but fault its pages back in.
 pub const MIN_UFFD_EVICT_MS: u64 = 10;
@@ -81,13 +84,25 @@ pub enum ApfMode {
 }
 
 /// Options of the userfaultfd memory mode.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UffdOptions {
     /// Delay, in microseconds, before each missing page is served.
     pub latency_us: u64,
+    /// Fetches that may be in progress at once.
+    pub depth: NonZeroUsize,
     /// Interval, in milliseconds, of the evictor that drops every
     /// populated page again; 0 turns it off.
     pub evict_ms: u64,
+}
+
+impl Default for UffdOptions {
+    fn default() -> Self {
+        UffdOptions {
+            latency_us: 0,
+            depth: NonZeroUsize::MIN,
+            evict_ms: 0,
+        }
+    }
 }
 
 /// Everything the VMM needs to know from its command line.
@@ -222,6 +237,11 @@ pub struct BootOptions {
     #[arg(long, value_name = "N",
           value_parser = decimal::<u64>(0, MAX_UFFD_LATENCY_US))]
     pub uffd_latency_us: Option<u64>,
+    /// uffd: fetches in progress at once, 1..1024 [default: 1, one page at
+    /// a time]
+    #[arg(long, value_name = "N",
+          value_parser = decimal::<usize>(1, MAX_UFFD_QUEUE_DEPTH as u64))]
+    pub uffd_queue_depth: Option<usize>,
     /// uffd: every N ms pause the vCPUs and drop every populated page (its
     /// content is kept and served again); 0 (off) or 10..600000 [default: 0]
     #[arg(long, value_name = "N",
@@ -380,6 +400,7 @@ impl BootOptions {
         if mem_mode != MemMode::Uffd {
             for (given, option) in [
                 (self.uffd_latency_us.is_some(), "--uffd-latency-us"),
+                (self.uffd_queue_depth.is_some(), "--uffd-queue-depth"),
                 (self.uffd_evict_ms.is_some(), "--uffd-evict-ms"),
             ] {
                 if given {
@@ -432,6 +453,10 @@ impl BootOptions {
             mem_mode,
             uffd: UffdOptions {
                 latency_us: self.uffd_latency_us.unwrap_or(0),
+                depth: self
+                    .uffd_queue_depth
+                    .and_then(NonZeroUsize::new)
+                    .unwrap_or(NonZeroUsize::MIN),
                 evict_ms: self.uffd_evict_ms.unwrap_or(0),
             },
             cgroup_limit_mib: self.cgroup_limit_mib,
@@ -830,6 +855,17 @@ mod tests {
         rejects(&UFFD, "--uffd-latency-us", &["1000001"]);
         let a = run_args(&[&UFFD[..], &["--uffd-latency-us", "1000000"]].concat());
         assert_eq!(a.uffd.latency_us, 1_000_000);
+    }
+
+    #[test]
+    fn uffd_queue_depth_range() {
+        rejects(&UFFD, "--uffd-queue-depth", &["0", "1025", "x", ""]);
+        assert_eq!(run_args(&UFFD).uffd.depth.get(), 1);
+        for good in [1, 16, MAX_UFFD_QUEUE_DEPTH] {
+            let a = run_args(&[&UFFD[..], &["--uffd-queue-depth", &good.to_string()]].concat());
+            assert_eq!(a.uffd.depth.get(), good);
+        }
+        wrong_mode(&["--kernel", "k"], "--uffd-queue-depth", "4", "uffd");
     }
 
     #[test]

@@ -124,7 +124,7 @@ mod kvm {
     use crate::serial::{self, Console, SerialDevice};
     use crate::snapshot::{self, MEMORY_FILE};
     use crate::stats;
-    use crate::uffd::{self, Filler, PageSource, UffdError, UffdHandler, Userfault};
+    use crate::uffd::{self, Fetch, Filler, PageSource, UffdError, UffdHandler, Userfault};
     use crate::vm::{Capture, EvictSetup, RestoreConfig, RunEnd, Vm, VmEvent};
 
     /// Guest RAM and what serves it.
@@ -155,13 +155,13 @@ mod kvm {
             &self.mem
         }
 
-        /// Puts RAM behind userfaultfd, served from `source` after
-        /// `latency`; `file` is the same source file (if any), for
+        /// Puts RAM behind userfaultfd, served from `source` as `fetch`
+        /// says; `file` is the same source file (if any), for
         /// reading pages that were never served. Handler failures are
         /// sent to the VM as fatal events.
         pub fn register_uffd(
             &mut self,
-            latency: Duration,
+            fetch: Fetch,
             source: PageSource,
             file: Option<File>,
             events: &Sender<VmEvent>,
@@ -175,7 +175,7 @@ mod kvm {
             let fault = Userfault::register(base, self.ram.size)?;
             let filler = fault.filler();
             let fatal_tx = events.clone();
-            let handler = fault.spawn_handler(latency, source, store.clone(), move |e| {
+            let handler = fault.spawn_handler(fetch, source, store.clone(), move |e| {
                 let _ = fatal_tx.send(VmEvent::Fatal(e.to_string()));
             })?;
             self.uffd = Some((store.clone(), handler));
@@ -322,6 +322,7 @@ mod kvm {
                         from_source: s.from_source,
                         already_present: s.already_present,
                         restored: s.restored,
+                        fetch_peak: s.fetch_peak,
                         evictions: e.evictions,
                         pages_evicted: e.pages_evicted,
                         evict_skipped: e.pause_timeouts,
@@ -604,7 +605,7 @@ mod kvm {
         let (tx, rx) = std::sync::mpsc::channel::<VmEvent>();
         let mut backing = Backing::plain(memory::create_ram(ram)?, ram);
         let (store, filler) = backing.register_uffd(
-            Duration::from_micros(target.uffd_latency_us),
+            Fetch::serial(Duration::from_micros(target.uffd_latency_us)),
             PageSource::File(Some(file.try_clone().map_err(LifecycleError::Io)?)),
             Some(file.try_clone().map_err(LifecycleError::Io)?),
             &tx,
@@ -676,7 +677,7 @@ mod kvm {
         let requester = Requester::new(stream.try_clone().map_err(LifecycleError::Io)?, pages);
         let asker = requester.clone();
         let (store, filler) = backing.register_uffd(
-            Duration::from_micros(target.uffd_latency_us),
+            Fetch::serial(Duration::from_micros(target.uffd_latency_us)),
             PageSource::Remote(Box::new(move |i| {
                 asker.request(i).map(drop).map_err(UffdError::Read)
             })),

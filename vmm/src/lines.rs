@@ -130,6 +130,8 @@ pub struct UffdLine {
     pub already_present: u64,
     /// Pages restored from the page store after an eviction.
     pub restored: u64,
+    /// The most fetches in progress at once.
+    pub fetch_peak: u64,
     /// Evictions done.
     pub evictions: u64,
     /// Pages they dropped.
@@ -140,13 +142,14 @@ pub struct UffdLine {
 
 impl UffdLine {
     /// The values with their keys, in the order printed.
-    fn fields(&self) -> [(&'static str, u64); 8] {
+    fn fields(&self) -> [(&'static str, u64); 9] {
         [
             ("faults", self.faults),
             ("pages_copied", self.pages_copied),
             ("from_source", self.from_source),
             ("already_present", self.already_present),
             ("restored", self.restored),
+            ("fetch_peak", self.fetch_peak),
             ("evictions", self.evictions),
             ("pages_evicted", self.pages_evicted),
             ("evict_skipped", self.evict_skipped),
@@ -164,6 +167,7 @@ impl UffdLine {
             from_source: f("from_source")?,
             already_present: f("already_present")?,
             restored: f("restored")?,
+            fetch_peak: f("fetch_peak")?,
             evictions: f("evictions")?,
             pages_evicted: f("pages_evicted")?,
             evict_skipped: f("evict_skipped")?,
@@ -461,6 +465,7 @@ mod tests {
             from_source: 1,
             already_present: 2,
             restored: 3,
+            fetch_peak: 7,
             evictions: 4,
             pages_evicted: 5,
             evict_skipped: 6,
@@ -469,7 +474,7 @@ mod tests {
         assert_eq!(
             line,
             "uffd: faults=812 pages_copied=811 from_source=1 already_present=2 restored=3 \
-             evictions=4 pages_evicted=5 evict_skipped=6"
+             fetch_peak=7 evictions=4 pages_evicted=5 evict_skipped=6"
         );
         assert_eq!(UffdLine::parse(&line), Some(u));
         assert_eq!(UffdLine::parse(&format!(" {line}")), None);

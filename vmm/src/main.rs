@@ -184,7 +184,10 @@ fn run(p: Prepared) -> Result<u8, Error> {
     if args.mem_mode == MemMode::Uffd {
         // No source file: a page is served as zeros the first time.
         let (store, _filler) = backing.register_uffd(
-            Duration::from_micros(args.uffd.latency_us),
+            uffd::Fetch {
+                latency: Duration::from_micros(args.uffd.latency_us),
+                depth: args.uffd.depth,
+            },
             uffd::PageSource::File(None),
             None,
             &tx,

@@ -4,10 +4,15 @@
 //! post-copy migration or a lazy snapshot restore.
 //!
 //! Guest RAM is registered in MISSING mode. A handler thread reads fault
-//! events, waits `--uffd-latency-us`, and fills the page with UFFDIO_COPY:
-//! from its saved copy if the evictor dropped it before (see `pagestore`
-//! and `evict`), else from the source image (at the same offset as in guest
-//! RAM) or with zeros. It records every page it fills as populated.
+//! events and fetches each page, which takes the [`Fetch`] latency
+//! (`--uffd-latency-us`), then fills it with UFFDIO_COPY: from its saved
+//! copy if the evictor dropped it before (see `pagestore` and `evict`),
+//! else from the source image (at the same offset as in guest RAM) or with
+//! zeros. It records every page it fills as populated. Up to the
+//! [`Fetch`] depth (`--uffd-queue-depth`) fetches are in progress at once,
+//! as on a disk or a network page server with that many requests
+//! outstanding; further faults wait for a slot. The default depth, 1,
+//! serves one page at a time.
 //!
 //! A [`FetchHold`] makes the handler keep back the faults of threads that
 //! are not the VMM's (KVM's asynchronous page fault workers) while it goes
@@ -22,12 +27,13 @@
 use std::collections::VecDeque;
 use std::fs::File;
 use std::io;
+use std::num::NonZeroUsize;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use thiserror::Error;
 use vmm_sys_util::eventfd::EventFd;
@@ -190,6 +196,28 @@ pub struct UffdStats {
     pub restored: u64,
     /// Faults a [`FetchHold`] kept waiting.
     pub held: u64,
+    /// The most fetches that were in progress at once.
+    pub fetch_peak: u64,
+}
+
+/// How long a page takes to fetch, and how many fetches may be in
+/// progress at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fetch {
+    /// From the fault to the page being filled.
+    pub latency: Duration,
+    /// Fetches in progress at once, at most.
+    pub depth: NonZeroUsize,
+}
+
+impl Fetch {
+    /// One fetch at a time, each taking `latency`.
+    pub fn serial(latency: Duration) -> Fetch {
+        Fetch {
+            latency,
+            depth: NonZeroUsize::MIN,
+        }
+    }
 }
 
 /// Host page size.
@@ -368,7 +396,7 @@ impl Userfault {
     /// complete with zero pages, so nothing stays stuck.
     pub fn spawn_handler<F>(
         self,
-        latency: Duration,
+        fetch: Fetch,
         source: PageSource,
         store: Arc<Mutex<PageStore>>,
         on_fatal: F,
@@ -376,14 +404,14 @@ impl Userfault {
     where
         F: FnOnce(&UffdError) + Send + 'static,
     {
-        self.spawn_with(latency, source, store, foreign_thread, on_fatal)
+        self.spawn_with(fetch, source, store, foreign_thread, on_fatal)
     }
 
     /// [`Userfault::spawn_handler`], with `foreign` telling which faulting
     /// threads a [`FetchHold`] keeps waiting.
     fn spawn_with<F>(
         self,
-        latency: Duration,
+        fetch: Fetch,
         source: PageSource,
         store: Arc<Mutex<PageStore>>,
         foreign: fn(u32) -> bool,
@@ -397,13 +425,15 @@ impl Userfault {
         let hold = FetchHold::new().map_err(UffdError::Spawn)?;
         let server = Server {
             uffd: self,
-            latency,
+            fetch,
             source,
             store,
             stats: UffdStats::default(),
             hold: hold.clone(),
             foreign,
             held: VecDeque::new(),
+            fetching: VecDeque::new(),
+            waiting: VecDeque::new(),
         };
         let thread = thread::Builder::new()
             .name("uffd".into())
@@ -526,7 +556,7 @@ impl Drop for HoldGuard<'_> {
 
 struct Server {
     uffd: Userfault,
-    latency: Duration,
+    fetch: Fetch,
     source: PageSource,
     store: Arc<Mutex<PageStore>>,
     stats: UffdStats,
@@ -535,6 +565,11 @@ struct Server {
     foreign: fn(u32) -> bool,
     /// Addresses of held faults, oldest first.
     held: VecDeque<u64>,
+    /// Fetches in progress: when each is done, and its address. All take
+    /// the same latency, so the first is done first.
+    fetching: VecDeque<(Instant, u64)>,
+    /// Faults waiting for a fetch slot, oldest first.
+    waiting: VecDeque<u64>,
 }
 
 impl Server {
@@ -560,8 +595,21 @@ impl Server {
                     revents: 0,
                 },
             ];
-            // SAFETY: `fds` is a valid array of three pollfd for the call.
-            let ret = unsafe { libc::poll(fds.as_mut_ptr(), 3, -1) };
+            // Until the next fetch is done, or for an event.
+            let timeout = self.fetching.front().map(|(done, _)| {
+                let left = done.saturating_duration_since(Instant::now());
+                libc::timespec {
+                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_nsec: left.subsec_nanos() as libc::c_long,
+                }
+            });
+            let timeout_ptr = timeout
+                .as_ref()
+                .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+            // SAFETY: `fds` is a valid array of three pollfd, and
+            // `timeout_ptr` null or pointing to `timeout`, for the call; a
+            // null signal mask leaves the thread's as it is.
+            let ret = unsafe { libc::ppoll(fds.as_mut_ptr(), 3, timeout_ptr, std::ptr::null()) };
             if ret < 0 {
                 let err = io::Error::last_os_error();
                 if err.kind() == io::ErrorKind::Interrupted {
@@ -571,6 +619,7 @@ impl Server {
             }
             if fds[1].revents != 0 {
                 self.serve_held(&mut page)?;
+                self.drain(&mut page)?;
                 return Ok(self.stats);
             }
             if fds[2].revents != 0 {
@@ -582,6 +631,7 @@ impl Server {
                 return Err(UffdError::Read(io::ErrorKind::BrokenPipe.into()));
             }
             if fds[0].revents & libc::POLLIN == 0 {
+                self.complete_due(&mut page)?;
                 continue;
             }
 
@@ -615,11 +665,54 @@ impl Server {
                         .waiting
                         .store(self.held.len(), Ordering::Relaxed);
                 } else {
-                    self.serve(msg.arg[1], &mut page)?;
+                    self.start(msg.arg[1]);
                 }
             }
             self.serve_held(&mut page)?;
+            self.complete_due(&mut page)?;
         }
+    }
+
+    /// Starts fetching the page of `addr`, or queues it behind the
+    /// fetches in progress if all slots are taken.
+    fn start(&mut self, addr: u64) {
+        self.waiting.push_back(addr);
+        self.start_waiting();
+    }
+
+    /// Starts the waiting fetches that have a slot.
+    fn start_waiting(&mut self) {
+        while self.fetching.len() < self.fetch.depth.get() {
+            let Some(addr) = self.waiting.pop_front() else {
+                break;
+            };
+            self.fetching
+                .push_back((Instant::now() + self.fetch.latency, addr));
+            self.stats.fetch_peak = self.stats.fetch_peak.max(self.fetching.len() as u64);
+        }
+    }
+
+    /// Fills the pages whose fetch is done, and starts the waiting ones
+    /// that their slots free.
+    fn complete_due(&mut self, page: &mut [u8]) -> Result<(), UffdError> {
+        while let Some(&(done, addr)) = self.fetching.front() {
+            if done > Instant::now() {
+                break;
+            }
+            self.fetching.pop_front();
+            self.fill(addr, page)?;
+            self.start_waiting();
+        }
+        Ok(())
+    }
+
+    /// Completes every fetch, started or waiting, sleeping as they need.
+    fn drain(&mut self, page: &mut [u8]) -> Result<(), UffdError> {
+        while let Some(&(done, _)) = self.fetching.front() {
+            thread::sleep(done.saturating_duration_since(Instant::now()));
+            self.complete_due(page)?;
+        }
+        Ok(())
     }
 
     /// Serves the held faults that the hold lets go.
@@ -638,23 +731,21 @@ impl Server {
                     .waiting
                     .store(self.held.len(), Ordering::Relaxed);
                 self.stats.held += 1;
-                self.serve(addr, page)?;
+                self.start(addr);
+                self.complete_due(page)?;
             }
         }
         Ok(())
     }
 
-    fn serve(&mut self, addr: u64, page: &mut [u8]) -> Result<(), UffdError> {
+    /// Fills the page of `addr`, whose fetch is done.
+    fn fill(&mut self, addr: u64, page: &mut [u8]) -> Result<(), UffdError> {
         let ps = self.uffd.page_size;
         let page_addr = addr & !(ps - 1);
         let offset = page_addr
             .checked_sub(self.uffd.start)
             .filter(|o| *o < self.uffd.len)
             .ok_or(UffdError::OutOfRange(addr))?;
-
-        if !self.latency.is_zero() {
-            thread::sleep(self.latency);
-        }
 
         if let PageSource::Remote(ask) = &mut self.source {
             let index = (offset / ps) as usize;
@@ -802,7 +893,7 @@ mod tests {
         let fatal2 = fatal.clone();
         let handler = uffd
             .spawn_handler(
-                Duration::ZERO,
+                Fetch::serial(Duration::ZERO),
                 PageSource::File(Some(src)),
                 store_for(&mem),
                 move |e| {
@@ -841,7 +932,7 @@ mod tests {
         // Every faulting thread counts as foreign here.
         let handler = uffd
             .spawn_with(
-                Duration::ZERO,
+                Fetch::serial(Duration::ZERO),
                 PageSource::File(None),
                 store_for(&mem),
                 |_| true,
@@ -887,9 +978,51 @@ mod tests {
     /// A handler over all of `mem` that serves zero pages, or the copies
     /// `store` saved, each after `latency`.
     fn handler_over(mem: &Anon, latency: Duration, store: Arc<Mutex<PageStore>>) -> UffdHandler {
+        depth_handler_over(mem, Fetch::serial(latency), store)
+    }
+
+    fn depth_handler_over(mem: &Anon, fetch: Fetch, store: Arc<Mutex<PageStore>>) -> UffdHandler {
         let uffd = Userfault::register(mem.ptr, mem.len as u64).expect("userfaultfd");
-        uffd.spawn_handler(latency, PageSource::File(None), store, |_| {})
+        uffd.spawn_handler(fetch, PageSource::File(None), store, |_| {})
             .unwrap()
+    }
+
+    /// `threads` threads fault on pages 0, 1, ... of `mem` at once, each
+    /// after a barrier; returns the handler's counters.
+    fn concurrent_faults(mem: Arc<Anon>, fetch: Fetch, threads: usize) -> UffdStats {
+        let ps = host_page_size() as usize;
+        let handler = depth_handler_over(&mem, fetch, store_for(&mem));
+        let barrier = Arc::new(std::sync::Barrier::new(threads));
+        let touchers: Vec<_> = (0..threads)
+            .map(|p| {
+                let (mem, barrier) = (mem.clone(), barrier.clone());
+                thread::spawn(move || {
+                    barrier.wait();
+                    mem.read_byte(p * ps)
+                })
+            })
+            .collect();
+        for t in touchers {
+            assert_eq!(t.join().unwrap(), 0);
+        }
+        handler.stop().unwrap()
+    }
+
+    #[test]
+    fn fetches_overlap_up_to_the_depth() {
+        let ps = host_page_size() as usize;
+        // A latency far above the time the threads take to fault, so
+        // that every fault arrives while the first fetch is in progress.
+        let latency = Duration::from_millis(500);
+        let deep = Fetch {
+            latency,
+            depth: NonZeroUsize::new(3).unwrap(),
+        };
+        let stats = concurrent_faults(Arc::new(Anon::new(ps * 4)), deep, 4);
+        assert_eq!((stats.faults, stats.pages_copied), (4, 4));
+        assert_eq!(stats.fetch_peak, 3, "the fourth fault waits for a slot");
+        let stats = concurrent_faults(Arc::new(Anon::new(ps * 4)), Fetch::serial(latency), 2);
+        assert_eq!((stats.pages_copied, stats.fetch_peak), (2, 1));
     }
 
     #[test]

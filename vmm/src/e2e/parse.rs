@@ -208,7 +208,7 @@ mod tests {
             "@@guest DONE",
             "apf: vcpu0 apf_not_present=6 apf_ready=5 apf_sync_not_el0=3 apf_sync_disabled=0",
             "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_sync_not_el0=1 apf_sync_disabled=0",
-            "uffd: faults=812 pages_copied=812 from_source=0 already_present=0 restored=3 evictions=2 pages_evicted=9 evict_skipped=0",
+            "uffd: faults=812 pages_copied=812 from_source=0 already_present=0 restored=3 fetch_peak=1 evictions=2 pages_evicted=9 evict_skipped=0",
         ]);
         assert_eq!(
             o.workload,
