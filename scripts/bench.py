@@ -22,12 +22,14 @@ from consolelog import VERDICT, cases, exited_ok
 
 STORM = re.compile(r"^apf-bench: storm round=(\d+) pages=(\d+) fault_ms=([\d.]+) "
                    r"compute_frac=([\d.]+)")
+MACRO = re.compile(r"^apf-bench: macro round=(\d+) files=(\d+) jobs=(\d+) ms=([\d.]+)")
 FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([\d.]+)")
 AFTER_MOVE = re.compile(r"^e2e: after-move wall=([\d.]+)s")
 TRACE = re.compile(r"^e2e: trace (.*)")
 # Where a fault's time goes (apf-e2e --trace, src/e2e/trace.rs).
 TRACE_SPANS = ("fetch", "delivery", "ack", "retry")
 MOVE_WORK = ("restore", "postcopy")
+MACRO_WORK = ("gzip", "gzipmmap")
 HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
 FIELD = re.compile(r"(\w+)=(\d+)")
 
@@ -55,6 +57,9 @@ def parse(log):
                 cur["rounds"].append({"round": int(m.group(1)),
                                       "compute_ms": float(m.group(2)),
                                       "touch_ms": float(m.group(3))})
+            m = MACRO.match(line)
+            if m:
+                cur["rounds"].append({"round": int(m.group(1)), "macro_ms": float(m.group(4))})
             m = AFTER_MOVE.match(line)
             if m:
                 cur["rounds"].append({"after_move_s": float(m.group(1))})
@@ -149,6 +154,14 @@ def figures(runs):
                                              for p in pairs])
             f["not_present_on"] = summary([p["on"]["host"].get("apf_not_present", 0)
                                            for p in pairs])
+        elif work in MACRO_WORK:
+            f["macro_s_on"] = summary([per_run(p["on"], "macro_ms") / 1e3 for p in pairs])
+            f["macro_s_hidden"] = summary([per_run(p["hidden"], "macro_ms") / 1e3
+                                           for p in pairs])
+            f["macro_time_ratio"] = summary([per_run(p["on"], "macro_ms") /
+                                             per_run(p["hidden"], "macro_ms") for p in pairs])
+            f["not_present_on"] = summary([p["on"]["host"].get("apf_not_present", 0)
+                                           for p in pairs])
         else:
             f["compute_ratio"] = summary([per_run(p["on"], "compute_ms") /
                                           per_run(p["hidden"], "compute_ms") for p in pairs])
@@ -210,6 +223,16 @@ def table(figs, command):
              "memory-touching time, on vs hidden"],
             [[config, str(f["vcpus"]), str(f["pairs"]), fmt(f["compute_ratio"], pct=True),
               fmt(f["touch_ratio"], pct=True)] for config, f in free])
+    macro = of_work(figs, *MACRO_WORK)
+    if macro:
+        lines += [""] + section(
+            ["workload (d): parallel gzip under a memory cgroup", "vCPUs", "pairs",
+             "time per round, APF on", "APF hidden", "on vs hidden",
+             "PAGE_NOT_PRESENT per run"],
+            [[f"{f['work']} ({f['regime']})", str(f["vcpus"]), str(f["pairs"]),
+              f"{fmt(f['macro_s_on'], digits=1)} s",
+              f"{fmt(f['macro_s_hidden'], digits=1)} s", fmt(f["macro_time_ratio"], pct=True),
+              fmt(f["not_present_on"], digits=0)] for _, f in macro])
     moved = of_work(figs, *MOVE_WORK)
     if moved:
         lines += [""] + section(
@@ -275,7 +298,7 @@ def svg(figs):
 
 
 FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
-           "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio",
+           "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio", "macro_time_ratio",
            "fetch_us", "delivery_us", "ack_us", "retry_us")
 
 

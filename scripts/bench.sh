@@ -9,9 +9,13 @@
 # Configurations (NAME = workload-regime-vCPUs):
 #   storm: a compute thread beside a faulting thread, whose pages are
 #          evicted before each pass; regimes uffd200 / uffd1000 / uffd5000
-#          (userfaultfd, that fetch latency in us) and swap (a memory
-#          cgroup below the working set, swapping to the host's disk);
-#          1 and 2 vCPUs.
+#          (userfaultfd, that fetch latency in us, one page at a time;
+#          uffd1000q16 and the like have 16 fetches in progress) and swap
+#          (a memory cgroup below the working set, swapping to the host's
+#          disk); 1 and 2 vCPUs.
+#   gzip, gzipmmap: workload (d), apf-compress (userspace/compress/)
+#          gzipping 32 MiB in 4 worker processes under the swap regime,
+#          reading its input or mapping it.
 #   free:  nothing faults; compute-only and memory-touching loops.
 #   trace: the storm with APF on only, under apf-e2e --trace: where a
 #          fault's time goes (fetch, delivery, ACK, retry), from KVM's
@@ -22,17 +26,21 @@
 #          restore, or post-copy migration, the destination fetching each
 #          page in uffd1000 / uffd5000 / uffd10000 (1, 5, 10 ms). With APF
 #          hidden the source VM already hides it (the restore keeps it).
+#          Not in the full run (bench/workload-e.md has their results):
+#          BENCH_CONFIGS="restore-uffd1000-2 ..." runs them.
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
-# interleaved. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and the uffd1000
-# trace, 3 repetitions of 3 rounds (about 8 minutes here; swap, whose
-# runs take 3 to 6 minutes each, is in the full run only). BENCH_OUT: the output
-# folder (default out/bench).
+# interleaved, of 3 rounds each; the trace configurations run in the
+# first 3 repetitions only. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and
+# the uffd1000 trace, 3 repetitions (about 9 minutes here; swap, whose
+# runs take 2 to 6 minutes each, is in the full run only, which takes
+# about 95 minutes here). BENCH_OUT: the output folder (default
+# out/bench).
 source "$(dirname "$0")/lib.sh"
 
 quick=${BENCH_QUICK:-0}
 reps=${BENCH_REPS:-$([ "$quick" = 1 ] && echo 3 || echo 5)}
 [[ $reps =~ ^[1-9][0-9]?$ ]] || die "bench: BENCH_REPS must be 1..99, not '$reps'"
-rounds=$([ "$quick" = 1 ] && echo 3 || echo 5)
+rounds=3
 out=${BENCH_OUT:-$TOP/out/bench}
 
 vmm="/bin/apf-vmm --kernel /guest/Image --initrd /guest/initrd.cpio --mem 256"
@@ -41,15 +49,23 @@ cmdline="console=ttyS0 panic=-1 kunit.enable=0 APF_BENCH_ROUNDS=$rounds"
 # regime -> apf-e2e options, apf-vmm options, guest settings. The region
 # shrinks as the latency grows, so that a pass takes about as long.
 declare -A e2e_opt vmm_opt guest_opt
+# uffdLAT serves one page at a time, uffdLATq16 has 16 fetches in progress.
 for lat in 200 1000 5000; do
 	mib=$((lat == 200 ? 8 : lat == 1000 ? 4 : 1))
-	e2e_opt[uffd$lat]=""
-	vmm_opt[uffd$lat]="--mem-mode uffd --uffd-latency-us $lat --uffd-evict-ms 600000"
-	guest_opt[uffd$lat]="APF_BENCH=storm APF_BENCH_EVICT=uffd APF_BENCH_MIB=$mib"
+	for depth in 1 16; do
+		r=uffd$lat$([ $depth = 1 ] || echo "q$depth")
+		e2e_opt[$r]=""
+		vmm_opt[$r]="--mem-mode uffd --uffd-latency-us $lat --uffd-queue-depth $depth --uffd-evict-ms 600000"
+		guest_opt[$r]="APF_BENCH=storm APF_BENCH_EVICT=uffd APF_BENCH_MIB=$mib"
+	done
 done
 e2e_opt[swap]="--swap-disk vda"
 vmm_opt[swap]="--mem-mode cgroup --cgroup-limit 48"
-guest_opt[swap]="APF_BENCH=storm APF_BENCH_EVICT=none APF_BENCH_MIB=64"
+guest_opt[swap]="APF_BENCH=storm APF_BENCH_EVICT=none APF_BENCH_MIB=32"
+# Workload (d): apf-compress (userspace/compress/) in the same cgroup,
+# reading its input (gzip) or mapping it (gzipmmap).
+guest_opt[gzip-swap]="APF_BENCH=macro APF_MACRO_MIB=32 APF_MACRO_JOBS=4 APF_MACRO_IO=read"
+guest_opt[gzipmmap-swap]="APF_BENCH=macro APF_MACRO_MIB=32 APF_MACRO_JOBS=4 APF_MACRO_IO=mmap"
 e2e_opt[free]=""
 vmm_opt[free]="--mem-mode plain"
 guest_opt[free]="APF_BENCH=free APF_BENCH_MIB=16"
@@ -60,11 +76,9 @@ move_guest="APF_WL_MIB=4 APF_WL_ROUNDS=3"
 if [ "$quick" = 1 ]; then
 	configs=(storm-uffd1000-2 free-free-2 trace-uffd1000-2)
 else
-	configs=(storm-uffd200-1 storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2
-		storm-uffd5000-1 storm-uffd5000-2 storm-swap-1 storm-swap-2
-		free-free-1 free-free-2 trace-uffd1000-2 trace-swap-2
-		restore-uffd1000-2 restore-uffd5000-2 restore-uffd10000-2
-		postcopy-uffd1000-2 postcopy-uffd5000-2 postcopy-uffd10000-2)
+	configs=(storm-uffd200-2 storm-uffd1000-1 storm-uffd1000-2 storm-uffd5000-2
+		storm-swap-2 gzip-swap-2 gzipmmap-swap-2 free-free-2
+		trace-uffd1000-2 trace-swap-2)
 fi
 # BENCH_CONFIGS="storm-swap-2 ..." picks configurations by hand.
 [ -z "${BENCH_CONFIGS:-}" ] || read -ra configs <<<"$BENCH_CONFIGS"
@@ -76,14 +90,14 @@ for rep in $(seq "$reps"); do
 	for c in "${configs[@]}"; do
 		IFS=- read -r work regime vcpus <<<"$c"
 		for apf in on hidden; do
-			[ "$work" = trace ] && [ "$apf" = hidden ] && continue
+			[ "$work" = trace ] && { [ "$apf" = hidden ] || [ "$rep" -gt 3 ]; } && continue
 			# The fault-free runs have no event to expect either way.
 			if [ "$apf" = hidden ]; then
 				expect="--expect none" hide="--apf hidden"
-			elif [ "$work" = storm ]; then
-				expect="--expect events" hide=""
 			elif [ "$work" = trace ]; then
 				expect="--expect events --trace" hide=""
+			elif [ "$work" != free ]; then
+				expect="--expect events" hide=""
 			else
 				expect="" hide=""
 			fi
@@ -97,7 +111,7 @@ for rep in $(seq "$reps"); do
 			fi
 			echo "bench:$c:$apf:$rep 900 /bin/apf-e2e $expect ${e2e_opt[$regime]} --timeout 880 --" \
 				"$vmm --vcpus $vcpus ${vmm_opt[$regime]} $hide" \
-				"--cmdline \"$cmdline ${guest_opt[$regime]}\"" >>"$list"
+				"--cmdline \"$cmdline ${guest_opt[$work-$regime]:-${guest_opt[$regime]}}\"" >>"$list"
 		done
 	done
 done
