@@ -194,6 +194,15 @@ def section(head, rows):
     return [row(head), "|" + "---|" * len(head)] + [row(r) for r in rows]
 
 
+def fetch_label(regime):
+    """"uffd1000" as "1 ms", "uffd1000q16" as "1 ms, 16 at once"."""
+    m = re.fullmatch(r"uffd(\d+)(?:q(\d+))?", regime)
+    if not m:
+        return regime
+    label = f"{int(m.group(1)) / 1000:g} ms"
+    return label + (f", {m.group(2)} at once" if m.group(2) else "")
+
+
 def of_work(figs, *works):
     return [(c, f) for c, f in figs.items() if f["work"] in works]
 
@@ -239,7 +248,7 @@ def table(figs, command):
             ["workload (e): moved mid-run", "fetch latency", "vCPUs", "pairs",
              "time to finish after the move, APF on", "APF hidden", "on vs hidden",
              "PAGE_NOT_PRESENT per run"],
-            [[f["work"], f"{int(f['regime'].removeprefix('uffd')) / 1000:g} ms",
+            [[f["work"], fetch_label(f["regime"]),
               str(f["vcpus"]), str(f["pairs"]), f"{fmt(f['after_move_s_on'], digits=1)} s",
               f"{fmt(f['after_move_s_hidden'], digits=1)} s",
               fmt(f["after_move_ratio"], pct=True), fmt(f["not_present_on"], digits=0)]

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::args::{ApfMode, BootOptions, MAX_UFFD_LATENCY_US};
+use crate::args::{ApfMode, BootOptions, MAX_UFFD_LATENCY_US, MAX_UFFD_QUEUE_DEPTH};
 
 /// Boots an arm64 Linux Image in a KVM guest with a GICv3, PSCI and a 16550 UART.
 #[derive(Debug, Parser)]
@@ -124,6 +124,10 @@ pub struct Target {
     #[arg(long, value_name = "N", default_value_t = 0,
           value_parser = clap::value_parser!(u64).range(0..=MAX_UFFD_LATENCY_US))]
     pub uffd_latency_us: u64,
+    /// Fetches in progress at once, 1..1024 (1: one page at a time).
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_UFFD_QUEUE_DEPTH as u64))]
+    pub uffd_queue_depth: u64,
     /// Offer APF as saved (on), or hide it.
     #[arg(long, value_enum, default_value_t = ApfArg::On)]
     pub apf: ApfArg,
@@ -155,6 +159,17 @@ impl Target {
         match self.apf {
             ApfArg::On => ApfMode::On,
             ApfArg::Hidden => ApfMode::Hidden,
+        }
+    }
+
+    /// How the VM's userfaultfd handler fetches pages.
+    pub fn fetch(&self) -> crate::uffd::Fetch {
+        crate::uffd::Fetch {
+            latency: std::time::Duration::from_micros(self.uffd_latency_us),
+            depth: usize::try_from(self.uffd_queue_depth)
+                .ok()
+                .and_then(std::num::NonZeroUsize::new)
+                .unwrap_or(std::num::NonZeroUsize::MIN),
         }
     }
 }
@@ -197,6 +212,8 @@ mod tests {
             "/d",
             "--uffd-latency-us",
             "1000",
+            "--uffd-queue-depth",
+            "16",
             "--prefetch",
         ])
         .unwrap();
@@ -211,6 +228,8 @@ mod tests {
         assert_eq!(from, PathBuf::from("/d"));
         assert!(prefetch);
         assert_eq!(target.uffd_latency_us, 1000);
+        assert_eq!(target.fetch().latency.as_micros(), 1000);
+        assert_eq!(target.fetch().depth.get(), 16);
         assert_eq!(target.apf_mode(), ApfMode::On);
         assert!(!target.allow_apf_loss && !target.quiet && target.api_socket.is_none());
 
@@ -228,6 +247,7 @@ mod tests {
         };
         assert_eq!(target.apf_mode(), ApfMode::Hidden);
         assert!(target.allow_apf_loss);
+        assert_eq!(target.fetch().depth.get(), 1, "one at a time by default");
     }
 
     #[test]
@@ -236,6 +256,8 @@ mod tests {
             &["snapshot", "--to", "/d"][..],
             &["restore"],
             &["restore", "--from", "/d", "--uffd-latency-us", "1000001"],
+            &["restore", "--from", "/d", "--uffd-queue-depth", "0"],
+            &["receive", "--listen", "/l", "--uffd-queue-depth", "1025"],
             &["restore", "--from", "/d", "--apf", "off"],
             &[
                 "migrate",

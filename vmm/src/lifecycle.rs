@@ -605,7 +605,7 @@ mod kvm {
         let (tx, rx) = std::sync::mpsc::channel::<VmEvent>();
         let mut backing = Backing::plain(memory::create_ram(ram)?, ram);
         let (store, filler) = backing.register_uffd(
-            Fetch::serial(Duration::from_micros(target.uffd_latency_us)),
+            target.fetch(),
             PageSource::File(Some(file.try_clone().map_err(LifecycleError::Io)?)),
             Some(file.try_clone().map_err(LifecycleError::Io)?),
             &tx,
@@ -677,7 +677,7 @@ mod kvm {
         let requester = Requester::new(stream.try_clone().map_err(LifecycleError::Io)?, pages);
         let asker = requester.clone();
         let (store, filler) = backing.register_uffd(
-            Fetch::serial(Duration::from_micros(target.uffd_latency_us)),
+            target.fetch(),
             PageSource::Remote(Box::new(move |i| {
                 asker.request(i).map(drop).map_err(UffdError::Read)
             })),

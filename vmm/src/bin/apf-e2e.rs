@@ -229,6 +229,8 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                             listen.clone().into_os_string(),
                             "--uffd-latency-us".into(),
                             m.latency_us.to_string().into(),
+                            "--uffd-queue-depth".into(),
+                            m.queue_depth.to_string().into(),
                             "--api-socket".into(),
                             scratch("ctl", k + 1).into_os_string(),
                         ];
@@ -296,6 +298,8 @@ fn run_vmm(args: &E2eArgs, obs: &mut Observations, log: &mut MoveLog) -> io::Res
                     dir.clone().into_os_string(),
                     "--uffd-latency-us".into(),
                     m.latency_us.to_string().into(),
+                    "--uffd-queue-depth".into(),
+                    m.queue_depth.to_string().into(),
                     "--api-socket".into(),
                     scratch("ctl", k).into_os_string(),
                 ];

@@ -21,6 +21,8 @@ pub const MAX_PAGE_CLUSTER: u32 = 31;
 pub const MAX_MIN_PARKED: u64 = 1000;
 /// Largest `--restore-latency-us`.
 pub const MAX_RESTORE_LATENCY_US: u64 = 1_000_000;
+/// Largest accepted `--restore-queue-depth`, as the VMM's.
+pub const MAX_RESTORE_QUEUE_DEPTH: u64 = crate::args::MAX_UFFD_QUEUE_DEPTH as u64;
 /// Largest `--unacked-at`.
 pub const MAX_UNACKED_AT: u64 = 100;
 
@@ -65,6 +67,8 @@ pub struct Moves {
     pub min_parked: u32,
     /// `--uffd-latency-us` of the restoring or receiving VMM.
     pub latency_us: u64,
+    /// Its `--uffd-queue-depth`.
+    pub queue_depth: u64,
     /// Restore with `--prefetch`.
     pub prefetch: bool,
     /// The move (0-based) that must stop with an un-ACKed PAGE_READY in a
@@ -163,6 +167,11 @@ struct Cli {
     #[arg(long, value_name = "N", requires = "move_kind",
           value_parser = decimal::<0, MAX_RESTORE_LATENCY_US>)]
     restore_latency_us: Option<u64>,
+    /// With --move: --uffd-queue-depth of the restoring or receiving VMM,
+    /// 1..1024 [default: 1].
+    #[arg(long, value_name = "N", requires = "move_kind",
+          value_parser = decimal::<1, MAX_RESTORE_QUEUE_DEPTH>)]
+    restore_queue_depth: Option<u64>,
     /// With --move snapshot: restore with --prefetch.
     #[arg(long, requires = "move_kind")]
     restore_prefetch: bool,
@@ -228,6 +237,7 @@ impl From<Cli> for E2eArgs {
             at: c.move_at,
             min_parked: c.min_parked.map_or(0, |n| n as u32),
             latency_us: c.restore_latency_us.unwrap_or(0),
+            queue_depth: c.restore_queue_depth.unwrap_or(1),
             prefetch: c.restore_prefetch,
             unacked_at: c.unacked_at.map(|n| n as usize),
         });
@@ -387,9 +397,18 @@ mod tests {
             run(&with("--unacked-at", "100")).moves.unwrap().unacked_at,
             Some(100)
         );
+        assert_eq!(
+            run(&with("--restore-queue-depth", "1024"))
+                .moves
+                .unwrap()
+                .queue_depth,
+            1024
+        );
         for (opt, bad) in [
             ("--min-parked", "1001"),
             ("--restore-latency-us", "1000001"),
+            ("--restore-queue-depth", "0"),
+            ("--restore-queue-depth", "1025"),
             ("--unacked-at", "101"),
             ("--move-at", ""),
         ] {
