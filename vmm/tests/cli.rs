@@ -313,7 +313,14 @@ fn harness_command_lines() -> Vec<(String, Vec<String>)> {
     let vmm = "/bin/apf-vmm --kernel /guest/Image --initrd /guest/initrd.cpio --mem 256";
     let mut regimes: Vec<String> = [200, 1000, 5000]
         .iter()
-        .map(|lat| format!("--mem-mode uffd --uffd-latency-us {lat} --uffd-evict-ms 600000"))
+        .flat_map(|lat| {
+            [1, 16].map(|depth| {
+                format!(
+                    "--mem-mode uffd --uffd-latency-us {lat} --uffd-queue-depth {depth} \
+                     --uffd-evict-ms 600000"
+                )
+            })
+        })
         .collect();
     regimes.push("--mem-mode cgroup --cgroup-limit 48".into());
     regimes.push("--mem-mode plain".into());
@@ -334,8 +341,11 @@ fn harness_command_lines() -> Vec<(String, Vec<String>)> {
     // src/bin/apf-e2e.rs, and the examples of vmm/README.md.
     for line in [
         "restore --apf hidden --quiet --from /tmp/snap-0",
-        "restore --from /tmp/snap-0 --uffd-latency-us 500 --api-socket /tmp/ctl-1 --prefetch",
-        "receive --listen /tmp/rx-0 --uffd-latency-us 500 --api-socket /tmp/ctl-1",
+        "restore --from /tmp/snap-0 --uffd-latency-us 500 --uffd-queue-depth 1 \
+         --api-socket /tmp/ctl-1 --prefetch",
+        "receive --listen /tmp/rx-0 --uffd-latency-us 500 --uffd-queue-depth 16 \
+         --api-socket /tmp/ctl-1",
+        "restore --from /snap --uffd-latency-us 1000 --uffd-queue-depth 16",
         "snapshot --api-socket /run/vm.sock --to /snap --min-parked 1 --unacked",
         "migrate --api-socket /run/vm.sock --to /run/dst.sock",
     ] {
@@ -366,6 +376,7 @@ fn check_meaning(what: &str, argv: &[String], a: &apf_vmm::args::Args) {
             "--mem-mode" => lower(&a.mem_mode) == v,
             "--uffd-latency-us" => a.uffd.latency_us.to_string() == v,
             "--uffd-evict-ms" => a.uffd.evict_ms.to_string() == v,
+            "--uffd-queue-depth" => a.uffd.depth.to_string() == v,
             "--cgroup-limit" => a.cgroup_limit_mib.map(|n| n.to_string()).as_deref() == Some(v),
             "--cgroup-max" => a.cgroup_max_mib.map(|n| n.to_string()).as_deref() == Some(v),
             "--apf" => lower(&a.apf) == v,
