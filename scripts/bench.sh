@@ -103,8 +103,12 @@ for rep in $(seq "$reps"); do
 			fi
 			if [ -n "${move_kind[$work]:-}" ]; then
 				[ "$apf" = on ] && expect="--expect events"
+				# uffdLAT or uffdLATqDEPTH.
+				lat=${regime#uffd} depth=1
+				[[ $lat == *q* ]] && depth=${lat#*q} lat=${lat%q*}
 				echo "bench:$c:$apf:$rep 900 /bin/apf-e2e $expect --move ${move_kind[$work]}" \
-					"--move-at \"workload: round 1/\" --restore-latency-us ${regime#uffd}" \
+					"--move-at \"workload: round 1/\" --restore-latency-us $lat" \
+					"--restore-queue-depth $depth" \
 					"--timeout 880 -- $vmm --vcpus $vcpus --mem-mode plain $hide" \
 					"--cmdline \"$cmdline $move_guest\"" >>"$list"
 				continue
