@@ -106,7 +106,6 @@ mod kvm {
     use std::sync::mpsc::{Receiver, Sender};
     use std::sync::{Arc, Mutex, PoisonError};
     use std::thread::{self, JoinHandle};
-    use std::time::Duration;
 
     use vm_memory::{Bytes, GuestAddress};
     use vmm_sys_util::eventfd::EventFd;

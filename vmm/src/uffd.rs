@@ -599,7 +599,7 @@ impl Server {
             let timeout = self.fetching.front().map(|(done, _)| {
                 let left = done.saturating_duration_since(Instant::now());
                 libc::timespec {
-                    tv_sec: left.as_secs() as libc::time_t,
+                    tv_sec: left.as_secs().try_into().unwrap_or(i64::MAX),
                     tv_nsec: left.subsec_nanos() as libc::c_long,
                 }
             });
