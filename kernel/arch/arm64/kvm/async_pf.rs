@@ -206,7 +206,11 @@ impl<'a> Apf<'a> {
         }
         self.st().owed_token = 0;
         if token != WAKE_ALL {
-            self.note_refault(gfn);
+            if self.st().owed_mapped {
+                self.vcpu.count(|s| &s.apf_ready_mapped);
+            } else {
+                self.note_refault(gfn);
+            }
         }
         self.set_ready_pending(true);
         self.vcpu.count(|s| &s.apf_ready);
@@ -223,6 +227,7 @@ impl<'a> Apf<'a> {
         st.block = 0;
         st.owed_token = 0;
         st.owed_gfn = 0;
+        st.owed_mapped = false;
         st.stalled = false;
         *self.vcpu.apf_refault() = Default::default();
     }
@@ -286,6 +291,7 @@ impl<'a> Apf<'a> {
         let arch = bindings::kvm_arch_async_pf {
             token: self.next_token(),
             gfn: gfn.as_u64(),
+            esr: self.vcpu.abort().esr(),
         };
         match self.vcpu.async_pf_setup(ipa, hva, arch) {
             Some(true) => Ok(()),
@@ -294,6 +300,19 @@ impl<'a> Apf<'a> {
             Some(false) => Err(Fallback::Busy),
             None => Err(Fallback::QueueFull),
         }
+    }
+
+    /// Maps the page a completed fetch brought in, before PAGE_READY tells
+    /// the guest, so that its retry does not fault: one exit fewer per
+    /// event. Returns whether the page is mapped. If it went away again
+    /// meanwhile, nothing is fetched: the retry faults as without this.
+    fn map_ready(&mut self, work: &AsyncPf) -> bool {
+        self.st().mapping = true;
+        let res = self.vcpu.map_abort(work.gpa(), work.arch().esr);
+        // kvm_arm_apf_faultin() clears it if the page was not resident.
+        let mapped = res.is_ok() && self.st().mapping;
+        self.st().mapping = false;
+        mapped
     }
 
     fn count(&mut self, why: Fallback) {
@@ -468,9 +487,9 @@ fn errno(res: Result) -> c_int {
 // build time.
 
 /// Faults in `gfn` for `user_mem_abort()`, or turns the fault into
-/// PAGE_NOT_PRESENT. Returns `true` in the latter case: the guest is to be
-/// resumed without a mapping. Otherwise `*pfn` and `*writable` are set as
-/// by `__gfn_to_pfn_memslot()`.
+/// PAGE_NOT_PRESENT. Returns `true` in the latter case, and when
+/// [`Apf::map_ready`] finds the page not resident: nothing is to be mapped.
+/// Otherwise `*pfn` and `*writable` are set as by `__gfn_to_pfn_memslot()`.
 ///
 /// # Safety
 ///
@@ -498,6 +517,11 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
             // The retry after PAGE_READY found the page: nothing to remember.
             apf.take_refault(gfn);
             done
+        }
+        // Apf::map_ready() takes only a page that is resident.
+        None if apf.st().mapping => {
+            apf.st().mapping = false;
+            return true;
         }
         None => {
             match apf.try_async(gfn, Gpa::new(ipa), hva as u64, nested) {
@@ -727,8 +751,9 @@ pub unsafe extern "C" fn kvm_arch_can_dequeue_async_page_present(
     !apf.enabled() || (apf.st().owed_token == 0 && apf.block_free())
 }
 
-/// Hook of `kvm_check_async_pf_completion()`: nothing to do before the
-/// delivery; the guest's retry faults the now-resident page in.
+/// Hook of `kvm_check_async_pf_completion()` before the delivery: nothing
+/// to do, as [`kvm_arch_async_page_present`] maps the page, whose outcome
+/// decides how the guest's retry is treated.
 ///
 /// # Safety
 ///
@@ -740,8 +765,9 @@ pub unsafe extern "C" fn kvm_arch_async_page_ready(
 ) {
 }
 
-/// Hook of `kvm_check_async_pf_completion()`: deliver PAGE_READY. The item
-/// is freed on return, so its token is owed until it is written.
+/// Hook of `kvm_check_async_pf_completion()`: map the page and deliver
+/// PAGE_READY. The item is freed on return, so its token is owed until it
+/// is written.
 ///
 /// # Safety
 ///
@@ -757,9 +783,11 @@ pub unsafe extern "C" fn kvm_arch_async_page_present(
     if !apf.enabled() || !work.notpresent_injected() || work.is_wakeup_all() {
         return;
     }
+    let mapped = apf.map_ready(work);
     let st = apf.st();
     st.owed_token = work.arch().token;
     st.owed_gfn = work.arch().gfn;
+    st.owed_mapped = mapped;
     apf.deliver_owed();
 }
 

@@ -12,7 +12,7 @@
 //! implementation: [`virt/kvm/async_pf.c`](srctree/virt/kvm/async_pf.c).
 
 use super::{guest_cache::GuestCache, Gpa, OwnedVcpu, Vcpu};
-use crate::{bindings, container_of, types::Opaque};
+use crate::{bindings, container_of, error::to_result, prelude::*, types::Opaque};
 
 /// Most faults a vCPU may have outstanding (`ASYNC_PF_PER_VCPU`).
 pub const SLOTS: u32 = bindings::ASYNC_PF_PER_VCPU;
@@ -189,6 +189,21 @@ impl OwnedVcpu<'_> {
         // SAFETY: The vCPU is valid and ours; `&mut self` keeps any borrow
         // of its state from living across the hooks KVM calls back.
         unsafe { bindings::kvm_check_async_pf_completion(self.as_raw()) }
+    }
+
+    /// Maps the page at `gpa` in the VM's stage 2 as handling the abort
+    /// `esr` (an ESR_EL2 the vCPU took there) would now, so that the guest
+    /// does not fault on it again. KVM faults the page in through
+    /// `kvm_arm_apf_faultin()`, which the caller tells to take it only if it
+    /// is resident. Fails with `EINVAL` while the vCPU runs a nested guest,
+    /// with `EFAULT` if no memslot backs `gpa` or it cannot be mapped for
+    /// that access, and as stage-2 mapping fails otherwise.
+    pub fn map_abort(&mut self, gpa: Gpa, esr: u64) -> Result {
+        // SAFETY: The vCPU is valid and ours, and not in the guest: this is
+        // what handling an abort on its thread requires. `&mut self` keeps
+        // any borrow of its state from living across the fault-in hook KVM
+        // calls back.
+        to_result(unsafe { bindings::kvm_arm_apf_map(self.as_raw(), gpa.as_u64(), esr) })
     }
 
     /// Drops every outstanding and completed item. Nothing is delivered to

@@ -25,6 +25,7 @@ int kvm_arm_apf_check_bmap(struct kvm *kvm, u64 bmap);
 int kvm_arm_apf_first_run(struct kvm_vcpu *vcpu);
 void kvm_arm_apf_check_completion(struct kvm_vcpu *vcpu);
 bool kvm_arm_apf_pending(struct kvm_vcpu *vcpu);
+int kvm_arm_apf_map(struct kvm_vcpu *vcpu, phys_addr_t ipa, u64 esr);
 
 #else /* !CONFIG_KVM_ARM_ASYNC_PF */
 

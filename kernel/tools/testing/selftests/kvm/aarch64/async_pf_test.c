@@ -152,6 +152,7 @@ enum {
 enum {
 	APF_STAT_NOT_PRESENT,
 	APF_STAT_READY,
+	APF_STAT_READY_MAPPED,
 	APF_STAT_SYNC_NOT_EL0,
 	APF_STAT_SYNC_DISABLED,
 	APF_STAT_SYNC_BUSY,
@@ -164,6 +165,7 @@ enum {
 static const char * const apf_stat_names[NR_APF_STATS] = {
 	[APF_STAT_NOT_PRESENT]		= "apf_not_present",
 	[APF_STAT_READY]		= "apf_ready",
+	[APF_STAT_READY_MAPPED]		= "apf_ready_mapped",
 	[APF_STAT_SYNC_NOT_EL0]		= "apf_sync_not_el0",
 	[APF_STAT_SYNC_DISABLED]	= "apf_sync_disabled",
 	[APF_STAT_SYNC_BUSY]		= "apf_sync_busy",
@@ -1760,7 +1762,8 @@ static void test_migration(void)
  * Asserted: over a window that starts after ENABLE's wake-all, each apf_*
  * counter of the vCPU goes up by exactly what the guest saw or did:
  * apf_not_present and apf_ready by the PAGE_NOT_PRESENTs and PAGE_READYs
- * it took (66 each), apf_sync_not_el0 by one (an EL1 access),
+ * it took (66 each), apf_ready_mapped as apf_ready (each page was mapped
+ * before its PAGE_READY), apf_sync_not_el0 by one (an EL1 access),
  * apf_sync_busy by one (an EL0 access while PG_HOLD's PAGE_READY sits
  * un-ACKed in the block), apf_sync_repeat by one (a second access to a
  * pending page), apf_sync_queue_full by one (the 65th outstanding fault),
@@ -1832,6 +1835,8 @@ static void guest_stats(void)
 
 	exp_stats.val[APF_STAT_NOT_PRESENT] = READ_ONCE(ev.nr_not_present) - np;
 	exp_stats.val[APF_STAT_READY] = READ_ONCE(ev.nr_ready) - ready;
+	/* Every page stays in once served: each is mapped before PAGE_READY */
+	exp_stats.val[APF_STAT_READY_MAPPED] = exp_stats.val[APF_STAT_READY];
 	GUEST_SYNC1(STAGE_STATS_END);
 
 	GUEST_DONE();
@@ -3632,7 +3637,8 @@ static void run_to_stage_checking(struct kvm_vcpu *vcpu, uint64_t stage,
  * errno and guest PC with APF hidden and offered, the same uffd requests,
  * at most one PAGE_NOT_PRESENT for its page (the guest fails on a second),
  * the PAGE_READY of its token before the retry, the data the retry reads,
- * and apf_not_present == apf_sync_refault == the PAGE_NOT_PRESENTs seen.
+ * apf_not_present == apf_sync_refault == the PAGE_NOT_PRESENTs seen, and
+ * apf_ready_mapped == 0 (no page could be mapped before its PAGE_READY).
  * ---------------------------------------------------------------------
  */
 #define FP_SLOT			8
@@ -3766,6 +3772,7 @@ static void fp_compare(const char *what, struct fp_outcome *hidden,
 	TEST_ASSERT_EQ(on->stats[APF_STAT_NOT_PRESENT], np);
 	TEST_ASSERT_EQ(on->stats[APF_STAT_SYNC_REFAULT], np);
 	TEST_ASSERT_EQ(on->stats[APF_STAT_READY], np + 1);	/* + wake-all */
+	TEST_ASSERT_EQ(on->stats[APF_STAT_READY_MAPPED], 0);
 	TEST_ASSERT_EQ(hidden->stats[APF_STAT_SYNC_REFAULT], 0);
 }
 
