@@ -32,14 +32,16 @@ const MAX_NAME_SIZE: u32 = 4096;
 const MAX_DATA_SIZE: u64 = 1 << 16;
 
 /// The counters this VMM reports, as the APF series defines them.
-pub const APF_STATS: [&str; 7] = [
+pub const APF_STATS: [&str; 9] = [
     "apf_not_present",
     "apf_ready",
+    "apf_ready_mapped",
     "apf_sync_not_el0",
     "apf_sync_disabled",
     "apf_sync_busy",
     "apf_sync_queue_full",
     "apf_sync_repeat",
+    "apf_sync_refault",
 ];
 
 /// Positioned reads, implemented for the stats file and for byte slices.

@@ -18,8 +18,8 @@ fn stdout(o: &Output) -> String {
 const GOOD_RUN: &str =
     "echo 'workload: ok procs=2 threads=2 mib=8 rounds=2 pages=2048 compute_iters=5'; \
      echo '[    3.141592] apf_guest: shutdown: not_present=3 ready=3 wake_all=0'; \
-     echo 'apf: vcpu0 apf_not_present=1 apf_ready=1 apf_sync_not_el0=0'; \
-     echo 'apf: vcpu1 apf_not_present=2 apf_ready=2 apf_sync_not_el0=0'";
+     echo 'apf: vcpu0 apf_not_present=1 apf_ready=1 apf_ready_mapped=1 apf_sync_not_el0=0'; \
+     echo 'apf: vcpu1 apf_not_present=2 apf_ready=2 apf_ready_mapped=1 apf_sync_not_el0=0'";
 
 #[test]
 fn usage_errors_exit_2() {
@@ -40,6 +40,10 @@ fn passing_run_echoes_and_checks() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("\nworkload: ok procs=2"), "echoed: {out}");
     assert!(out.contains("e2e: check host-guest-agree: ok"), "{out}");
+    assert!(
+        out.contains("e2e: check ready-mapped: ok (apf_ready_mapped=2 of apf_ready=3)"),
+        "{out}"
+    );
     assert!(
         out.contains("e2e: PASS not_present=3 ready=3 wall="),
         "{out}"

@@ -117,8 +117,9 @@ Exit status: 0 pass, 1 fail, 2 bad usage.";
     after_help = AFTER_HELP
 )]
 struct Cli {
-    /// events: PAGE_NOT_PRESENT and PAGE_READY were seen; none: no APF
-    /// event at all (APF hidden) [default: only host/guest agreement]
+    /// events: PAGE_NOT_PRESENT and PAGE_READY were seen, and KVM mapped
+    /// pages before their PAGE_READY; none: no APF event at all (APF
+    /// hidden) [default: only host/guest agreement]
     #[arg(
         long,
         value_enum,

@@ -215,6 +215,16 @@ pub fn evaluate(
                 g.not_present > 0 && g.ready > 0,
                 format!("guest not_present={} ready={}", g.not_present, g.ready),
             ));
+            // KVM maps a fetched page before its PAGE_READY when it is
+            // still in, so that the woken task's retry does not fault.
+            checks.push(check(
+                "ready-mapped",
+                host.ready_mapped > 0 && host.ready_mapped <= host.ready,
+                format!(
+                    "apf_ready_mapped={} of apf_ready={}",
+                    host.ready_mapped, host.ready
+                ),
+            ));
         }
         Expect::None => {
             let g = guest.unwrap_or_default();
@@ -371,8 +381,8 @@ mod tests {
     const GOOD: [&str; 4] = [
         "workload: ok procs=2 threads=2 mib=48 rounds=4 pages=12288 compute_iters=99",
         "[    5.000000] apf_guest: shutdown: not_present=7 ready=7 wake_all=0",
-        "apf: vcpu0 apf_not_present=3 apf_ready=3",
-        "apf: vcpu1 apf_not_present=4 apf_ready=4",
+        "apf: vcpu0 apf_not_present=3 apf_ready=3 apf_ready_mapped=2",
+        "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_ready_mapped=4",
     ];
 
     #[test]
@@ -380,7 +390,7 @@ mod tests {
         let o = obs(&GOOD);
         let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
         assert_eq!(names_failed(&c), Vec::<&str>::new());
-        assert_eq!(c.len(), 6);
+        assert_eq!(c.len(), 7);
         let (ok, line) = verdict(&c, &o, 12.34, None);
         assert!(ok);
         assert_eq!(line, "e2e: PASS not_present=7 ready=7 wall=12.3s");
@@ -399,6 +409,34 @@ mod tests {
     }
 
     #[test]
+    fn events_need_pages_mapped_before_ready() {
+        let mapped = |vcpu0: &str| {
+            let mut lines = GOOD;
+            lines[2] = vcpu0;
+            evaluate(&obs(&lines), VmmEnd::Exit(0), Expect::Events, &[], None)
+        };
+        // The vCPU 1 line of GOOD maps all 4; none mapped on vCPU 0 is fine.
+        let c = mapped("apf: vcpu0 apf_not_present=3 apf_ready=3 apf_ready_mapped=0");
+        assert_eq!(names_failed(&c), Vec::<&str>::new());
+        assert_eq!(
+            c[6].to_string(),
+            "e2e: check ready-mapped: ok (apf_ready_mapped=4 of apf_ready=7)"
+        );
+        // More mapped than delivered cannot be.
+        let c = mapped("apf: vcpu0 apf_not_present=3 apf_ready=3 apf_ready_mapped=4");
+        assert_eq!(names_failed(&c), vec!["ready-mapped"]);
+        // Nothing mapped at all, or a kernel that does not count it.
+        let mut lines = GOOD;
+        lines[2] = "apf: vcpu0 apf_not_present=3 apf_ready=3";
+        lines[3] = "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_ready_mapped=0";
+        let c = evaluate(&obs(&lines), VmmEnd::Exit(0), Expect::Events, &[], None);
+        assert_eq!(names_failed(&c), vec!["ready-mapped"]);
+        // Not asked for by the other expectations.
+        let c = evaluate(&obs(&lines), VmmEnd::Exit(0), Expect::Any, &[], None);
+        assert_eq!(names_failed(&c), Vec::<&str>::new());
+    }
+
+    #[test]
     fn hidden_run_without_shutdown_line() {
         let o = obs(&[
             "[    0.3] apf_guest: not offered by the hypervisor",
@@ -410,7 +448,10 @@ mod tests {
         assert!(verdict(&c, &o, 1.0, None).0);
         // Expecting events from it fails on the missing line and counts.
         let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], None);
-        assert_eq!(names_failed(&c), vec!["guest-shutdown", "events"]);
+        assert_eq!(
+            names_failed(&c),
+            vec!["guest-shutdown", "events", "ready-mapped"]
+        );
     }
 
     #[test]
@@ -425,7 +466,8 @@ mod tests {
                 "guest-shutdown",
                 "host-stats",
                 "host-guest-agree",
-                "events"
+                "events",
+                "ready-mapped"
             ]
         );
         assert!(c[0].details.contains("600s"));
@@ -469,14 +511,14 @@ mod tests {
         let good: SwapDelta = ("vda".into(), Ok(io));
         let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], Some(&good));
         assert_eq!(names_failed(&c), Vec::<&str>::new());
-        assert_eq!(c.len(), 8);
+        assert_eq!(c.len(), 9);
         assert_eq!(
-            c[6].to_string(),
+            c[7].to_string(),
             "e2e: check swap-in: ok (/dev/vda: read 6000 KiB in 1500 requests (900 ms waiting), \
              wrote 8000 KiB; cgroup: pgmajfault=1400 workingset_refault_anon=1500)"
         );
         assert_eq!(
-            c[7].to_string(),
+            c[8].to_string(),
             "e2e: check no-oom: ok (cgroup: oom=0 oom_kill=0, events high=300 max=0, \
              peak 50.0 MiB (high 48.0 MiB, max 72.0 MiB))"
         );
@@ -507,7 +549,7 @@ mod tests {
             Some(&good),
         );
         assert_eq!(names_failed(&c), vec!["vmm-exit", "no-oom"]);
-        assert_eq!(c[7].details, "no report of the VMM's cgroup");
+        assert_eq!(c[8].details, "no report of the VMM's cgroup");
         for r in [
             MemcgReport { oom: 1, ..report },
             MemcgReport {
@@ -531,7 +573,7 @@ mod tests {
         let err: SwapDelta = ("vda".into(), Err("/sys/block/vda/stat: gone".into()));
         let c = evaluate(&o, VmmEnd::Exit(0), Expect::Events, &[], Some(&err));
         assert_eq!(names_failed(&c), vec!["swap-in"]);
-        assert_eq!(c[6].details, "/sys/block/vda/stat: gone");
+        assert_eq!(c[7].details, "/sys/block/vda/stat: gone");
         let (_, line) = verdict(&c, &o, 1.0, Some(&err));
         assert!(line.ends_with("wall=1.0s peak_mib=50.0"), "{line}");
         assert_eq!(mib(u64::MAX), "max");

@@ -37,6 +37,9 @@ pub struct HostApf {
     pub not_present: u64,
     /// `apf_ready`.
     pub ready: u64,
+    /// `apf_ready_mapped`: PAGE_READYs whose page KVM mapped first (0 if
+    /// the kernel does not count them).
+    pub ready_mapped: u64,
 }
 
 /// The workload's verdict.
@@ -134,6 +137,7 @@ impl Observations {
                     let h = self.host.entry(index).or_default();
                     h.not_present += not_present;
                     h.ready += ready;
+                    h.ready_mapped += l.counter("apf_ready_mapped").unwrap_or(0);
                 }
                 _ => self.host_unavailable.push(index),
             }
@@ -156,6 +160,7 @@ impl Observations {
         self.host.values().fold(HostApf::default(), |a, h| HostApf {
             not_present: a.not_present + h.not_present,
             ready: a.ready + h.ready,
+            ready_mapped: a.ready_mapped + h.ready_mapped,
         })
     }
 }
@@ -175,7 +180,7 @@ mod tests {
     #[test]
     fn moves_and_summed_host_counters() {
         let o = feed(&[
-            "apf: vcpu0 apf_not_present=5 apf_ready=3",
+            "apf: vcpu0 apf_not_present=5 apf_ready=3 apf_ready_mapped=2",
             "snapshot: saved /tmp/s vcpus=2 in_flight=3 ready_unacked=1 block_reasons=vcpu0:2 pages=9",
             "apf: vcpu0 apf_not_present=2 apf_ready=4",
             "wosnapshot: migrated /tmp/r vcpus=2 in_flight=0 ready_unacked=0 block_reasons= demanded=1 pushed=0 zero=0",
@@ -186,7 +191,8 @@ mod tests {
             o.host[&0],
             HostApf {
                 not_present: 7,
-                ready: 7
+                ready: 7,
+                ready_mapped: 2
             }
         );
         let seen: Vec<(u64, u64)> = o
@@ -206,8 +212,8 @@ mod tests {
             "workload: kvm_apf not_present 10",
             "[    9.876000] apf_guest: shutdown: not_present=10 ready=9 wake_all=1",
             "@@guest DONE",
-            "apf: vcpu0 apf_not_present=6 apf_ready=5 apf_sync_not_el0=3 apf_sync_disabled=0",
-            "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_sync_not_el0=1 apf_sync_disabled=0",
+            "apf: vcpu0 apf_not_present=6 apf_ready=5 apf_ready_mapped=4 apf_sync_not_el0=3 apf_sync_disabled=0",
+            "apf: vcpu1 apf_not_present=4 apf_ready=4 apf_ready_mapped=3 apf_sync_not_el0=1 apf_sync_disabled=0",
             "uffd: faults=812 pages_copied=812 from_source=0 already_present=0 restored=3 fetch_peak=1 evictions=2 pages_evicted=9 evict_skipped=0",
         ]);
         assert_eq!(
@@ -230,7 +236,8 @@ mod tests {
             o.host_total(),
             HostApf {
                 not_present: 10,
-                ready: 9
+                ready: 9,
+                ready_mapped: 7
             }
         );
         assert_eq!(o.uffd.map(|u| (u.faults, u.evictions)), Some((812, 2)));

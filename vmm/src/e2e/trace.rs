@@ -13,7 +13,11 @@
 //!   (`kvm_hvc_arm64`): the guest's ACK, from its PPI handler;
 //! - **retry**: from PAGE_READY until the next stage-2 fault on that page
 //!   (`kvm_guest_fault`): the woken task running again and repeating the
-//!   access, which maps the page.
+//!   access, which maps the page. KVM maps the page before PAGE_READY
+//!   when it can (`apf_ready_mapped`), and then the retry takes no fault:
+//!   `retry_n` counts only the PAGE_READYs whose page still faulted. A
+//!   fault on the page that turns into a new PAGE_NOT_PRESENT (the page
+//!   was evicted again) is not a retry.
 //!
 //! [`Breakdown`]'s `Display` is the `e2e: trace ...` line: the medians and
 //! 90th percentiles in microseconds (of TCG time in the emulated host:
@@ -185,6 +189,8 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
     let mut waiting: HashMap<u64, usize> = HashMap::new();
     let mut unacked: HashMap<u32, Vec<usize>> = HashMap::new();
     let mut unretried: HashMap<u64, Vec<usize>> = HashMap::new();
+    // The faults whose retry the last stage-2 fault on a page was taken for.
+    let mut retried: HashMap<u64, Vec<usize>> = HashMap::new();
     let mut ipa_of: Vec<u64> = Vec::new();
     for e in events {
         match e.kind {
@@ -195,6 +201,11 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
                     ..Fault::default()
                 });
                 ipa_of.push(ipa);
+                // The stage-2 fault just before was this new one, not the
+                // retry of an earlier PAGE_READY for the page.
+                for j in retried.remove(&page(ipa)).unwrap_or_default() {
+                    faults[j].retry = None;
+                }
                 fetching.entry(page(ipa)).or_default().push_back(i);
                 waiting.insert(token, i);
             }
@@ -218,9 +229,11 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
                 }
             }
             Kind::GuestFault { ipa } => {
-                for i in unretried.remove(&page(ipa)).unwrap_or_default() {
+                let now = unretried.remove(&page(ipa)).unwrap_or_default();
+                for &i in &now {
                     faults[i].retry = Some(e.us);
                 }
+                retried.insert(page(ipa), now);
             }
         }
     }
@@ -394,6 +407,30 @@ mod tests {
             line.contains(" retry_n=1 retry_us=300 retry_p90_us=300"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn a_new_fault_on_the_page_is_not_a_retry() {
+        // The page was mapped before PAGE_READY; evicted, it faults again
+        // later, and that fault turns into PAGE_NOT_PRESENT.
+        let mut e = events();
+        e.truncate(4);
+        e.extend(
+            [
+                "vcpu0-145 [001] ..... 100.009000: kvm_guest_fault: ipa 0x4a000, hsr 0x92000007, hxfar 0x1, pc 0x2",
+                "vcpu0-145 [001] d..1. 100.009010: kvm_async_pf_not_present: token 0x2001 gva 0x4a000",
+                "vcpu0-145 [001] ..... 100.012000: kvm_guest_fault: ipa 0x4a000, hsr 0x92000007, hxfar 0x1, pc 0x2",
+            ]
+            .iter()
+            .filter_map(|l| parse_line(l)),
+        );
+        let b = breakdown(&e);
+        assert_eq!((b.faults, b.retry.n), (2, 0));
+        // Without the new PAGE_NOT_PRESENT, the fault is the retry.
+        e.remove(5);
+        let b = breakdown(&e);
+        assert_eq!((b.faults, b.retry.n), (1, 1));
+        assert!((b.retry.p50 - 7600.0).abs() < 1.0, "{:?}", b.retry);
     }
 
     #[test]
