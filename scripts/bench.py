@@ -114,7 +114,11 @@ def figures(runs):
             traced = [r for r in rs if r["ok"] and r["apf"] == "on" and "trace" in r]
             f = {"work": work, "regime": rs[0]["regime"], "vcpus": rs[0]["vcpus"],
                  "pairs": 0, "runs": len(traced), "failed": sum(not r["ok"] for r in rs),
-                 "faults": summary([r["trace"].get("faults") for r in traced])}
+                 "faults": summary([r["trace"].get("faults") for r in traced]),
+                 # PAGE_READYs whose page still faulted: KVM maps it first
+                 # when it can (apf_ready_mapped), and the retry then does not.
+                 "retry_frac": summary([r["trace"].get("retry_n", 0) / r["trace"]["faults"]
+                                        for r in traced if r["trace"].get("faults")])}
             for span in TRACE_SPANS:
                 for q in ("us", "p90_us"):
                     f[f"{span}_{q}"] = summary([r["trace"].get(f"{span}_{q}") for r in traced])
@@ -139,6 +143,9 @@ def figures(runs):
                     (p["on"]["host"].get(key, 0) - p["hidden"]["host"].get(key, 0)) /
                     p["on"]["host"]["apf_not_present"]
                     for p in pairs if p["on"]["host"].get("apf_not_present")])
+            f["mapped_frac"] = summary([
+                p["on"]["host"].get("apf_ready_mapped", 0) / p["on"]["host"]["apf_not_present"]
+                for p in pairs if p["on"]["host"].get("apf_not_present")])
             f["refaults_per_fault"] = summary([
                 p["on"]["host"].get("apf_sync_refault", 0) / p["on"]["host"]["apf_not_present"]
                 for p in pairs if p["on"]["host"].get("apf_not_present")])
@@ -217,10 +224,11 @@ def table(figs, command):
     lines += section(
         ["configuration", "vCPUs", "pairs", "compute progress, APF on",
          "compute progress, hidden", "faulting thread's time, on vs hidden",
-         "PAGE_NOT_PRESENT per run", "exits per fault, more than hidden (of which HVC, WFI)"],
+         "PAGE_NOT_PRESENT per run", "mapped before PAGE_READY",
+         "exits per fault, more than hidden (of which HVC, WFI)"],
         [[f["regime"], str(f["vcpus"]), str(f["pairs"]), fmt(f["compute_frac_on"]),
           fmt(f["compute_frac_hidden"]), fmt(f["fault_time_ratio"], pct=True),
-          fmt(f["not_present_on"], digits=0),
+          fmt(f["not_present_on"], digits=0), med_only(f.get("mapped_frac")),
           f"{med_only(f['extra_exits_per_fault'])} "
           f"({med_only(f['extra_hvc_exit_stat_per_fault'])}, "
           f"{med_only(f['extra_wfi_exit_stat_per_fault'])})"]
@@ -257,16 +265,20 @@ def table(figs, command):
     if traced:
         lines += [""] + section(
             ["where a fault's time goes (APF on, traced)", "vCPUs", "runs",
-             "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us"],
+             "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us",
+             "retries that faulted"],
             [[f["regime"], str(f["vcpus"]), str(f["runs"]), fmt(f["faults"], digits=0)] +
              [f"{med_only0(f[f'{s}_us'])} (p90 {med_only0(f[f'{s}_p90_us'])})"
-              for s in TRACE_SPANS] for _, f in traced])
+              for s in TRACE_SPANS] + [med_only(f.get("retry_frac"))] for _, f in traced])
         lines += ["", "Where a fault's time goes: medians over the runs of each run's "
                   "median (and 90th percentile) from KVM's trace events. Fetch: "
                   "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "
                   "written and the PPI raised; ACK: to the vCPU's next hypercall; "
                   "retry: PAGE_READY to the next stage-2 fault on the page, the woken "
-                  "task repeating its access."]
+                  "task repeating its access; KVM maps the page before PAGE_READY when it "
+                  "can, and then the retry takes no fault: retries that faulted are the "
+                  "share of PAGE_READYs whose retry did, and the retry column covers "
+                  "those only."]
     lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
               "reads its evicted pages, as a fraction of its rate with nothing faulting. "
               "Faulting thread's time: one pass over its pages."]
@@ -308,7 +320,7 @@ def svg(figs):
 
 FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
            "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio", "macro_time_ratio",
-           "fetch_us", "delivery_us", "ack_us", "retry_us")
+           "fetch_us", "delivery_us", "ack_us", "retry_us", "mapped_frac", "retry_frac")
 
 
 def compare(first, second):
