@@ -239,9 +239,8 @@ pub struct BootOptions {
     pub uffd_latency_us: Option<u64>,
     /// uffd: fetches in progress at once, 1..1024 [default: 1, one page at
     /// a time]
-    #[arg(long, value_name = "N",
-          value_parser = decimal::<usize>(1, MAX_UFFD_QUEUE_DEPTH as u64))]
-    pub uffd_queue_depth: Option<usize>,
+    #[arg(long, value_name = "N", value_parser = queue_depth())]
+    pub uffd_queue_depth: Option<NonZeroUsize>,
     /// uffd: every N ms pause the vCPUs and drop every populated page (its
     /// content is kept and served again); 0 (off) or 10..600000 [default: 0]
     #[arg(long, value_name = "N",
@@ -320,6 +319,13 @@ where
 }
 
 /// `--uffd-evict-ms`: 0 (off), or at least `MIN_UFFD_EVICT_MS`.
+/// `--uffd-queue-depth`, of every command that serves guest memory:
+/// 1..=[`MAX_UFFD_QUEUE_DEPTH`].
+pub fn queue_depth() -> impl TypedValueParser<Value = NonZeroUsize> {
+    decimal::<usize>(1, MAX_UFFD_QUEUE_DEPTH as u64)
+        .try_map(|n| NonZeroUsize::new(n).ok_or("must be at least 1"))
+}
+
 fn evict_interval(ms: u64) -> Result<u64, String> {
     if ms != 0 && ms < MIN_UFFD_EVICT_MS {
         return Err(format!(
@@ -453,10 +459,7 @@ impl BootOptions {
             mem_mode,
             uffd: UffdOptions {
                 latency_us: self.uffd_latency_us.unwrap_or(0),
-                depth: self
-                    .uffd_queue_depth
-                    .and_then(NonZeroUsize::new)
-                    .unwrap_or(NonZeroUsize::MIN),
+                depth: self.uffd_queue_depth.unwrap_or(NonZeroUsize::MIN),
                 evict_ms: self.uffd_evict_ms.unwrap_or(0),
             },
             cgroup_limit_mib: self.cgroup_limit_mib,

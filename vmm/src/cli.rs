@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::args::{ApfMode, BootOptions, MAX_UFFD_LATENCY_US, MAX_UFFD_QUEUE_DEPTH};
+use crate::args::{queue_depth, ApfMode, BootOptions, MAX_UFFD_LATENCY_US};
 
 /// Boots an arm64 Linux Image in a KVM guest with a GICv3, PSCI and a 16550 UART.
 #[derive(Debug, Parser)]
@@ -125,9 +125,8 @@ pub struct Target {
           value_parser = clap::value_parser!(u64).range(0..=MAX_UFFD_LATENCY_US))]
     pub uffd_latency_us: u64,
     /// Fetches in progress at once, 1..1024 (1: one page at a time).
-    #[arg(long, value_name = "N", default_value_t = 1,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_UFFD_QUEUE_DEPTH as u64))]
-    pub uffd_queue_depth: u64,
+    #[arg(long, value_name = "N", default_value = "1", value_parser = queue_depth())]
+    pub uffd_queue_depth: std::num::NonZeroUsize,
     /// Offer APF as saved (on), or hide it.
     #[arg(long, value_enum, default_value_t = ApfArg::On)]
     pub apf: ApfArg,
@@ -166,10 +165,7 @@ impl Target {
     pub fn fetch(&self) -> crate::uffd::Fetch {
         crate::uffd::Fetch {
             latency: std::time::Duration::from_micros(self.uffd_latency_us),
-            depth: usize::try_from(self.uffd_queue_depth)
-                .ok()
-                .and_then(std::num::NonZeroUsize::new)
-                .unwrap_or(std::num::NonZeroUsize::MIN),
+            depth: self.uffd_queue_depth,
         }
     }
 }

@@ -665,7 +665,7 @@ impl Server {
                         .waiting
                         .store(self.held.len(), Ordering::Relaxed);
                 } else {
-                    self.start(msg.arg[1]);
+                    self.start(msg.arg[1])?;
                 }
             }
             self.serve_held(&mut page)?;
@@ -674,10 +674,18 @@ impl Server {
     }
 
     /// Starts fetching the page of `addr`, or queues it behind the
-    /// fetches in progress if all slots are taken.
-    fn start(&mut self, addr: u64) {
+    /// fetches in progress if all slots are taken. An address outside the
+    /// range fails here, before any latency is spent on it.
+    fn start(&mut self, addr: u64) -> Result<(), UffdError> {
+        if addr
+            .checked_sub(self.uffd.start)
+            .is_none_or(|o| o >= self.uffd.len)
+        {
+            return Err(UffdError::OutOfRange(addr));
+        }
         self.waiting.push_back(addr);
         self.start_waiting();
+        Ok(())
     }
 
     /// Starts the waiting fetches that have a slot.
@@ -731,7 +739,7 @@ impl Server {
                     .waiting
                     .store(self.held.len(), Ordering::Relaxed);
                 self.stats.held += 1;
-                self.start(addr);
+                self.start(addr)?;
                 self.complete_due(page)?;
             }
         }
