@@ -47,6 +47,8 @@ const BLOCK_SIZE: usize = core::mem::size_of::<bindings::kvm_vcpu_pv_apf_data>()
 const BLOCK_ALIGN: u64 = bindings::KVM_ASYNC_PF_BLOCK_ALIGN as u64;
 const REASON_OFFSET: usize = core::mem::offset_of!(bindings::kvm_vcpu_pv_apf_data, reason);
 const TOKEN_OFFSET: usize = core::mem::offset_of!(bindings::kvm_vcpu_pv_apf_data, token);
+/// A pfn with these bits set is an error or no memslot (`is_error_noslot_pfn()`).
+const PFN_ERR_NOSLOT_MASK: u64 = bindings::KVM_PFN_ERR_NOSLOT_MASK as u64;
 const TOKEN_VCPU_BITS: u32 = 12;
 const TOKEN_SEQ_MASK: u32 = (1 << (32 - TOKEN_VCPU_BITS)) - 1;
 
@@ -309,7 +311,7 @@ impl<'a> Apf<'a> {
     fn map_ready(&mut self, work: &AsyncPf) -> bool {
         self.st().mapping = true;
         let res = self.vcpu.map_abort(work.gpa(), work.arch().esr);
-        // kvm_arm_apf_faultin() clears it if the page was not resident.
+        // kvm_arm_apf_faultin() clears it if the page was not there.
         let mapped = res.is_ok() && self.st().mapping;
         self.st().mapping = false;
         mapped
@@ -513,6 +515,12 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
     let gfn = Gfn::new(gfn);
     let mut apf = Apf::of(vcpu);
     let (p, w) = match slot.faultin_nowait(gfn, write_fault) {
+        // Apf::map_ready() maps a page that is there, and leaves an error
+        // (e.g. a poisoned page, which signals the VMM) to the retry.
+        Some((p, _)) if apf.st().mapping && p & PFN_ERR_NOSLOT_MASK != 0 => {
+            apf.st().mapping = false;
+            return true;
+        }
         Some(done) => {
             // The retry after PAGE_READY found the page: nothing to remember.
             apf.take_refault(gfn);
