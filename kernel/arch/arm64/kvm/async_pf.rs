@@ -308,11 +308,11 @@ impl<'a> Apf<'a> {
     /// the guest, so that its retry does not fault: one exit fewer per
     /// event. Returns whether the page is mapped. If it went away again
     /// meanwhile, nothing is fetched: the retry faults as without this.
+    /// A page mapped here and evicted again before the retry faults anew,
+    /// like any other page.
     fn map_ready(&mut self, work: &AsyncPf) -> bool {
         self.st().mapping = true;
-        let res = self.vcpu.map_abort(work.gpa(), work.arch().esr);
-        // kvm_arm_apf_faultin() clears it if the page was not there.
-        let mapped = res.is_ok() && self.st().mapping;
+        let mapped = self.vcpu.map_abort(work.gpa(), work.arch().esr).is_ok();
         self.st().mapping = false;
         mapped
     }
@@ -510,27 +510,22 @@ pub unsafe extern "C" fn kvm_arm_apf_faultin(
     writable: *mut bool,
     pfn: *mut bindings::kvm_pfn_t,
 ) -> bool {
-    // SAFETY: The caller owns the vCPU and holds `kvm->srcu` (see above).
+    // SAFETY: The caller owns the vCPU (its outer view, if any, is lent to
+    // this call: `Apf::map_ready()`) and holds `kvm->srcu` (see above).
     let (vcpu, slot) = unsafe { (OwnedVcpu::from_raw(vcpu), Memslot::from_raw(slot)) };
     let gfn = Gfn::new(gfn);
     let mut apf = Apf::of(vcpu);
     let (p, w) = match slot.faultin_nowait(gfn, write_fault) {
         // Apf::map_ready() maps a page that is there, and leaves an error
         // (e.g. a poisoned page, which signals the VMM) to the retry.
-        Some((p, _)) if apf.st().mapping && p & PFN_ERR_NOSLOT_MASK != 0 => {
-            apf.st().mapping = false;
-            return true;
-        }
+        Some((p, _)) if apf.st().mapping && p & PFN_ERR_NOSLOT_MASK != 0 => return true,
         Some(done) => {
             // The retry after PAGE_READY found the page: nothing to remember.
             apf.take_refault(gfn);
             done
         }
         // Apf::map_ready() takes only a page that is resident.
-        None if apf.st().mapping => {
-            apf.st().mapping = false;
-            return true;
-        }
+        None if apf.st().mapping => return true,
         None => {
             match apf.try_async(gfn, Gpa::new(ipa), hva as u64, nested) {
                 Ok(()) => return true,

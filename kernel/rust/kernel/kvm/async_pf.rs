@@ -195,9 +195,11 @@ impl OwnedVcpu<'_> {
     /// `esr` (an ESR_EL2 the vCPU took there) would now, so that the guest
     /// does not fault on it again. KVM faults the page in through
     /// `kvm_arm_apf_faultin()`, which the caller tells to take it only if it
-    /// is resident. Fails with `EINVAL` while the vCPU runs a nested guest,
-    /// with `EFAULT` if no memslot backs `gpa` or it cannot be mapped for
-    /// that access, and as stage-2 mapping fails otherwise.
+    /// is resident. Fails with `EAGAIN` if the page is not mapped afterwards
+    /// (it was not resident, or a concurrent stage-2 change won), `EINVAL`
+    /// while the vCPU runs a nested guest, `EFAULT` if no memslot backs
+    /// `gpa` or it cannot be mapped for that access, and as stage-2 mapping
+    /// fails otherwise.
     pub fn map_abort(&mut self, gpa: Gpa, esr: u64) -> Result {
         // SAFETY: The vCPU is valid and ours, and not in the guest: this is
         // what handling an abort on its thread requires. `&mut self` keeps
