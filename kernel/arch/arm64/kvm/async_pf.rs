@@ -786,10 +786,11 @@ pub unsafe extern "C" fn kvm_arch_async_page_present(
     if !apf.enabled() || !work.notpresent_injected() || work.is_wakeup_all() {
         return;
     }
+    let arch = work.arch();
     let mapped = apf.map_ready(work);
     let st = apf.st();
-    st.owed_token = work.arch().token;
-    st.owed_gfn = work.arch().gfn;
+    st.owed_token = arch.token;
+    st.owed_gfn = arch.gfn;
     st.owed_mapped = mapped;
     apf.deliver_owed();
 }
