@@ -8,10 +8,15 @@ Results come from three places:
   - the init's "@@ END name how value" lines, one per test it ran;
   - the kernel log itself: KVM must initialise at EL2, and no panic, Oops,
     WARN, lockdep or KASAN report, nor any "BUG:" line may appear.
+
+A test that fails has the last TAIL lines of its console output printed
+under its result (after a timeout, init.c's "@@ STACK" lines show where
+each of its threads waited), so that a CI log alone tells why.
 """
 import os
 import re
 import sys
+from collections import deque
 
 from consolelog import END, START
 
@@ -35,6 +40,7 @@ E2E_PASS = re.compile(r"^e2e: PASS not_present=(\d+) ready=(\d+) wall=([\d.]+)s"
 WORKLOAD_OK = re.compile(r"^workload: ok .*compute_iters=(\d+)")
 # The VMM command apf-e2e starts; two runs pair when theirs differ only in
 # "--apf hidden".
+TAIL = 60
 E2E_RUNNING = re.compile(r"^e2e: running (.*)$")
 APF_HIDDEN = " --apf hidden"
 
@@ -82,6 +88,7 @@ def main():
     suite = None
     runs = {}
     current = None
+    tail = deque(maxlen=TAIL)
 
     def result(status, name, detail=""):
         nonlocal passed, failed, skipped
@@ -104,6 +111,8 @@ def main():
             print("  | " + text, flush=True)
         kernel = bool(TS.match(text))
         body = TS.sub("", text)
+        if current and not START.match(body) and not END.match(body):
+            tail.append(body)
         if kernel:
             if KVM_OK.search(body):
                 kvm_ok = True
@@ -130,6 +139,7 @@ def main():
         m = START.match(body)
         if m:
             current = m.group(1)
+            tail.clear()
         m = E2E_RUNNING.match(body)
         if m and current and "key" not in runs.get(current, {}):
             cmd = m.group(1)
@@ -153,6 +163,10 @@ def main():
                 result("fail", name, f"timeout {value}s")
             else:
                 result("fail", name, f"{how} {value}{secs}")
+            if not (how == "exit" and value in ("0", "4")):
+                for line in tail:
+                    print(f"  | {line}", flush=True)
+            current = None
         elif body.startswith("@@ DONE"):
             done = True
 

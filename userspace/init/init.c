@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/stat.h>
@@ -42,6 +43,66 @@ static double now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+/* Print a file's lines, each after a prefix. */
+static void cat(const char *path, const char *prefix)
+{
+	char line[512];
+	FILE *f = fopen(path, "r");
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f))
+		printf("%s%s", prefix, line);
+	fclose(f);
+}
+
+/*
+ * A test ran out of time: print where each thread of its process group
+ * waits, so that the console log (and report.py's tail) tells a hang from
+ * a slow run.
+ */
+static void dump_group(pid_t pgid)
+{
+	char path[320], prefix[400], comm[64];
+	struct dirent *p, *t;
+	DIR *procs, *tasks;
+
+	procs = opendir("/proc");
+	if (!procs)
+		return;
+	while ((p = readdir(procs))) {
+		int pid = atoi(p->d_name), grp = 0;
+		FILE *f;
+
+		if (pid <= 0)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/stat", pid);
+		f = fopen(path, "r");
+		if (!f)
+			continue;
+		/* pid (comm) state ppid pgrp; comm has no ')' in our tests. */
+		if (fscanf(f, "%*d (%63[^)]) %*c %*d %d", comm, &grp) != 2)
+			grp = 0;
+		fclose(f);
+		if (grp != pgid)
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task", pid);
+		tasks = opendir(path);
+		while (tasks && (t = readdir(tasks))) {
+			if (t->d_name[0] == '.')
+				continue;
+			snprintf(prefix, sizeof(prefix), "@@%s STACK %d/%s %s: ", tag, pid,
+				 t->d_name, comm);
+			snprintf(path, sizeof(path), "/proc/%d/task/%s/stack", pid, t->d_name);
+			cat(path, prefix);
+		}
+		if (tasks)
+			closedir(tasks);
+	}
+	closedir(procs);
+	fflush(stdout);
 }
 
 /* Run argv with a timeout; print one @@ END line. */
@@ -74,6 +135,7 @@ static void run_one(const char *name, int timeout, char **argv)
 		if (waitpid(pid, &status, WNOHANG) == pid)
 			break;
 		if (sigtimedwait(&chld, NULL, &ts) < 0 && errno == EAGAIN) {
+			dump_group(pid);
 			kill(-pid, SIGKILL);
 			kill(pid, SIGKILL);
 			waitpid(pid, &status, 0);
