@@ -195,6 +195,18 @@ def med_only0(s):
     return f"{s['median']:.0f}" if s else "-"
 
 
+# Under this share of retries that faulted, the retry column's few faults
+# are later faults on a page mapped before PAGE_READY and evicted again.
+RETRY_FRAC_MIN = 0.01
+
+
+def span_cell(f, span):
+    """A traced configuration's median (and 90th percentile) of a span."""
+    if span == "retry" and f.get("retry_frac") and f["retry_frac"]["median"] < RETRY_FRAC_MIN:
+        return "-"
+    return f"{med_only0(f[f'{span}_us'])} (p90 {med_only0(f[f'{span}_p90_us'])})"
+
+
 def section(head, rows):
     """A markdown table: its header cells, then a row of cells per row."""
     row = lambda cells: "| " + " | ".join(cells) + " |"
@@ -268,8 +280,8 @@ def table(figs, command):
              "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us",
              "retries that faulted"],
             [[f["regime"], str(f["vcpus"]), str(f["runs"]), fmt(f["faults"], digits=0)] +
-             [f"{med_only0(f[f'{s}_us'])} (p90 {med_only0(f[f'{s}_p90_us'])})"
-              for s in TRACE_SPANS] + [med_only(f.get("retry_frac"))] for _, f in traced])
+             [span_cell(f, s) for s in TRACE_SPANS] + [med_only(f.get("retry_frac"))]
+             for _, f in traced])
         lines += ["", "Where a fault's time goes: medians over the runs of each run's "
                   "median (and 90th percentile) from KVM's trace events. Fetch: "
                   "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "
@@ -278,7 +290,8 @@ def table(figs, command):
                   "task repeating its access; KVM maps the page before PAGE_READY when it "
                   "can, and then the retry takes no fault: retries that faulted are the "
                   "share of PAGE_READYs whose retry did, and the retry column covers "
-                  "those only."]
+                  "those only; under 1% it reads \"-\", as the few faults left are then "
+                  "the next pass's, seconds later, on a page evicted again, not retries."]
     lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
               "reads its evicted pages, as a fraction of its rate with nothing faulting. "
               "Faulting thread's time: one pass over its pages."]
@@ -333,6 +346,12 @@ def compare(first, second):
         for key in FIGURES:
             fa, fb = a[config].get(key), b[config].get(key)
             if not fa or not fb:
+                continue
+            # The retry time of a run whose retries did not fault is no
+            # retry's (see span_cell()).
+            if key == "retry_us" and any(
+                    (c[config].get("retry_frac") or {}).get("median", 1) < RETRY_FRAC_MIN
+                    for c in (a, b)):
                 continue
             ma, mb = fa["median"], fb["median"]
             print(f"| {config} | {key} | {ma:.3f} | {mb:.3f} | {mb - ma:+.3f} |")
