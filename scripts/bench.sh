@@ -127,7 +127,13 @@ set +e
 "$TOP/scripts/boot.sh" bench "$list"
 boot_rc=$?
 set -e
-python3 "$TOP/scripts/bench.py" "$B/logs/bench-console.log" "$out" \
-	"make bench$([ "$quick" = 1 ] && echo ' BENCH_QUICK=1')" || die "bench: no results"
+# The command as bench.md states it: what picked the configurations and
+# the repetitions, when not the defaults.
+command="make bench"
+[ "$quick" = 1 ] && command+=" BENCH_QUICK=1"
+[ -n "${BENCH_REPS:-}" ] && command+=" BENCH_REPS=$reps"
+[ -n "${BENCH_CONFIGS:-}" ] && command+=" BENCH_CONFIGS=\"${configs[*]}\""
+python3 "$TOP/scripts/bench.py" "$B/logs/bench-console.log" "$out" "$command" ||
+	die "bench: no results"
 [ "$boot_rc" = 0 ] || warn "bench: some runs failed (see above); their figures are left out"
 say "bench: results in $out (bench.md, bench.json, bench.svg)"
