@@ -118,7 +118,10 @@ def figures(runs):
                  # PAGE_READYs whose page still faulted: KVM maps it first
                  # when it can (apf_ready_mapped), and the retry then does not.
                  "retry_frac": summary([r["trace"].get("retry_n", 0) / r["trace"]["faults"]
-                                        for r in traced if r["trace"].get("faults")])}
+                                        for r in traced if r["trace"].get("faults")]),
+                 "mapped_frac": summary([r["host"].get("apf_ready_mapped", 0) /
+                                         r["host"]["apf_ready"]
+                                         for r in traced if r["host"].get("apf_ready")])}
             for span in TRACE_SPANS:
                 for q in ("us", "p90_us"):
                     f[f"{span}_{q}"] = summary([r["trace"].get(f"{span}_{q}") for r in traced])
@@ -195,14 +198,16 @@ def med_only0(s):
     return f"{s['median']:.0f}" if s else "-"
 
 
-# Under this share of retries that faulted, the retry column's few faults
-# are later faults on a page mapped before PAGE_READY and evicted again.
-RETRY_FRAC_MIN = 0.01
+def mapped_first(f):
+    """Whether KVM mapped (almost) every page before PAGE_READY: the retry
+    then takes no fault, and the faults the trace still pairs with a
+    PAGE_READY are later ones, on a page evicted again, not retries."""
+    return (f.get("mapped_frac") or {}).get("median", 0) >= 0.99
 
 
 def span_cell(f, span):
     """A traced configuration's median (and 90th percentile) of a span."""
-    if span == "retry" and f.get("retry_frac") and f["retry_frac"]["median"] < RETRY_FRAC_MIN:
+    if span == "retry" and mapped_first(f):
         return "-"
     return f"{med_only0(f[f'{span}_us'])} (p90 {med_only0(f[f'{span}_p90_us'])})"
 
@@ -278,20 +283,23 @@ def table(figs, command):
         lines += [""] + section(
             ["where a fault's time goes (APF on, traced)", "vCPUs", "runs",
              "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us",
-             "retries that faulted"],
+             "mapped before PAGE_READY", "retries that faulted"],
             [[f["regime"], str(f["vcpus"]), str(f["runs"]), fmt(f["faults"], digits=0)] +
-             [span_cell(f, s) for s in TRACE_SPANS] + [med_only(f.get("retry_frac"))]
+             [span_cell(f, s) for s in TRACE_SPANS] + [med_only(f.get("mapped_frac")),
+                                                       "-" if mapped_first(f) else
+                                                       med_only(f.get("retry_frac"))]
              for _, f in traced])
         lines += ["", "Where a fault's time goes: medians over the runs of each run's "
                   "median (and 90th percentile) from KVM's trace events. Fetch: "
                   "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "
                   "written and the PPI raised; ACK: to the vCPU's next hypercall; "
                   "retry: PAGE_READY to the next stage-2 fault on the page, the woken "
-                  "task repeating its access; KVM maps the page before PAGE_READY when it "
-                  "can, and then the retry takes no fault: retries that faulted are the "
-                  "share of PAGE_READYs whose retry did, and the retry column covers "
-                  "those only; under 1% it reads \"-\", as the few faults left are then "
-                  "the next pass's, seconds later, on a page evicted again, not retries."]
+                  "task repeating its access (retries that faulted: the share of "
+                  "PAGE_READYs followed by one). Where KVM mapped the page before "
+                  "PAGE_READY (apf_ready_mapped of apf_ready, from the host's stats), the "
+                  "retry takes no fault, and both retry columns read \"-\": the faults "
+                  "the trace still finds on such a page come later, often seconds later, "
+                  "after the page was evicted again, and are not retries."]
     lines += ["", "Compute progress: the compute thread's rate while the faulting thread "
               "reads its evicted pages, as a fraction of its rate with nothing faulting. "
               "Faulting thread's time: one pass over its pages."]
@@ -347,11 +355,10 @@ def compare(first, second):
             fa, fb = a[config].get(key), b[config].get(key)
             if not fa or not fb:
                 continue
-            # The retry time of a run whose retries did not fault is no
-            # retry's (see span_cell()).
-            if key == "retry_us" and any(
-                    (c[config].get("retry_frac") or {}).get("median", 1) < RETRY_FRAC_MIN
-                    for c in (a, b)):
+            # A run whose pages were mapped before PAGE_READY has no
+            # retry to time or count (see mapped_first()).
+            if key in ("retry_us", "retry_frac") and any(
+                    mapped_first(c[config]) for c in (a, b)):
                 continue
             ma, mb = fa["median"], fb["median"]
             print(f"| {config} | {key} | {ma:.3f} | {mb:.3f} | {mb - ma:+.3f} |")
