@@ -78,6 +78,12 @@ def parse(log):
     return runs
 
 
+def mapped_frac(run):
+    """The share of a run's PAGE_READYs whose page KVM mapped first."""
+    host = run["host"]
+    return host.get("apf_ready_mapped", 0) / host["apf_ready"] if host.get("apf_ready") else None
+
+
 def med(values):
     return statistics.median(values) if values else None
 
@@ -119,9 +125,7 @@ def figures(runs):
                  # when it can (apf_ready_mapped), and the retry then does not.
                  "retry_frac": summary([r["trace"].get("retry_n", 0) / r["trace"]["faults"]
                                         for r in traced if r["trace"].get("faults")]),
-                 "mapped_frac": summary([r["host"].get("apf_ready_mapped", 0) /
-                                         r["host"]["apf_ready"]
-                                         for r in traced if r["host"].get("apf_ready")])}
+                 "mapped_frac": summary([mapped_frac(r) for r in traced])}
             for span in TRACE_SPANS:
                 for q in ("us", "p90_us"):
                     f[f"{span}_{q}"] = summary([r["trace"].get(f"{span}_{q}") for r in traced])
@@ -146,9 +150,7 @@ def figures(runs):
                     (p["on"]["host"].get(key, 0) - p["hidden"]["host"].get(key, 0)) /
                     p["on"]["host"]["apf_not_present"]
                     for p in pairs if p["on"]["host"].get("apf_not_present")])
-            f["mapped_frac"] = summary([
-                p["on"]["host"].get("apf_ready_mapped", 0) / p["on"]["host"]["apf_not_present"]
-                for p in pairs if p["on"]["host"].get("apf_not_present")])
+            f["mapped_frac"] = summary([mapped_frac(p["on"]) for p in pairs])
             f["refaults_per_fault"] = summary([
                 p["on"]["host"].get("apf_sync_refault", 0) / p["on"]["host"]["apf_not_present"]
                 for p in pairs if p["on"]["host"].get("apf_not_present")])
