@@ -31,6 +31,8 @@ KVM_OK = re.compile(r"kvm \[\d+\]: (VHE|Hyp) mode initialized successfully|"
 KUNIT_SUITE = re.compile(r"^\s*# Subtest: (\S+)")
 KUNIT_TOP = re.compile(r"^(not ok|ok) \d+ (\S+)(.*)$")
 KUNIT_CASE = re.compile(r"^\s+(not ok|ok) \d+ ")
+# Console lines of a failed test printed under its result.
+TAIL = 60
 # In verbose mode (make run), the console lines shown unless SHOW_ALL=1:
 # APF, the e2e driver, the workload, the VMM's statistics and trouble.
 SHOWN = re.compile(r"apf|e2e:|workload:|uffd:|CPU\d+: Booted|psci: CPU\d+ killed|"
@@ -40,7 +42,6 @@ E2E_PASS = re.compile(r"^e2e: PASS not_present=(\d+) ready=(\d+) wall=([\d.]+)s"
 WORKLOAD_OK = re.compile(r"^workload: ok .*compute_iters=(\d+)")
 # The VMM command apf-e2e starts; two runs pair when theirs differ only in
 # "--apf hidden".
-TAIL = 60
 E2E_RUNNING = re.compile(r"^e2e: running (.*)$")
 APF_HIDDEN = " --apf hidden"
 
@@ -156,14 +157,15 @@ def main():
             name, how, value, secs = m.groups()
             secs = f", {secs}s" if secs else ""
             if how == "exit" and value == "0":
-                result("ok", name, secs.lstrip(", "))
+                status, detail = "ok", secs.lstrip(", ")
             elif how == "exit" and value == "4":
-                result("skip", name, "KSFT_SKIP" + secs)
+                status, detail = "skip", "KSFT_SKIP" + secs
             elif how == "timeout":
-                result("fail", name, f"timeout {value}s")
+                status, detail = "fail", f"timeout {value}s"
             else:
-                result("fail", name, f"{how} {value}{secs}")
-            if not (how == "exit" and value in ("0", "4")):
+                status, detail = "fail", f"{how} {value}{secs}"
+            result(status, name, detail)
+            if status == "fail":
                 for line in tail:
                     print(f"  | {line}", flush=True)
             current = None
