@@ -29,8 +29,9 @@
 #          Not in the full run (bench/workload-e.md has their results):
 #          BENCH_CONFIGS="restore-uffd1000-2 ..." runs them.
 # BENCH_REPS (default 5) repetitions of each, APF on and hidden
-# interleaved, of 3 rounds each; the trace configurations run in the
-# first 3 repetitions only. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and
+# interleaved (on first in odd repetitions, hidden first in even ones),
+# of 3 rounds each; the trace configurations run in the first 3
+# repetitions only. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and
 # the uffd1000 trace, 3 repetitions (about 9 minutes here; swap, whose
 # runs take 2 to 6 minutes each, is in the full run only; the full run
 # took 1h55m here, 86 runs, two thirds of it in the swap storms).
@@ -88,9 +89,14 @@ list=$B/bench.list
 mkdir -p "$B" "$out"
 : >"$list"
 for rep in $(seq "$reps"); do
+	# Each run inherits the host the run before left behind (a swap storm
+	# leaves reclaim and swap slots to clean up), so which side of a pair
+	# goes first alternates from one repetition to the next.
+	order="on hidden"
+	[ $((rep % 2)) = 0 ] && order="hidden on"
 	for c in "${configs[@]}"; do
 		IFS=- read -r work regime vcpus <<<"$c"
-		for apf in on hidden; do
+		for apf in $order; do
 			[ "$work" = trace ] && { [ "$apf" = hidden ] || [ "$rep" -gt 3 ]; } && continue
 			# The fault-free runs have no event to expect either way.
 			if [ "$apf" = hidden ]; then
