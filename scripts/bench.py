@@ -27,7 +27,7 @@ FREE = re.compile(r"^apf-bench: free round=(\d+) compute_ms=([\d.]+) touch_ms=([
 AFTER_MOVE = re.compile(r"^e2e: after-move wall=([\d.]+)s")
 TRACE = re.compile(r"^e2e: trace (.*)")
 # Where a fault's time goes (apf-e2e --trace, src/e2e/trace.rs).
-TRACE_SPANS = ("fetch", "delivery", "ack", "retry")
+TRACE_SPANS = ("fetch", "delivery", "wait", "ack", "retry")
 MOVE_WORK = ("restore", "postcopy")
 MACRO_WORK = ("gzip", "gzipmmap")
 HOST = re.compile(r"^(?:apf|kvm): vcpu\d+ (.*)")
@@ -209,7 +209,8 @@ def mapped_first(f):
 
 def span_cell(f, span):
     """A traced configuration's median (and 90th percentile) of a span."""
-    if span == "retry" and mapped_first(f):
+    # Logs from before a span was traced have none.
+    if span == "retry" and mapped_first(f) or not f.get(f"{span}_us"):
         return "-"
     return f"{med_only0(f[f'{span}_us'])} (p90 {med_only0(f[f'{span}_p90_us'])})"
 
@@ -284,7 +285,8 @@ def table(figs, command):
     if traced:
         lines += [""] + section(
             ["where a fault's time goes (APF on, traced)", "vCPUs", "runs",
-             "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us", "ACK, us", "retry, us",
+             "PAGE_NOT_PRESENT per run", "fetch, us", "delivery, us",
+             "of which waiting for the block, us", "ACK, us", "retry, us",
              "mapped before PAGE_READY", "retries that faulted"],
             [[f["regime"], str(f["vcpus"]), str(f["runs"]), fmt(f["faults"], digits=0)] +
              [span_cell(f, s) for s in TRACE_SPANS] + [med_only(f.get("mapped_frac")),
@@ -294,7 +296,9 @@ def table(figs, command):
         lines += ["", "Where a fault's time goes: medians over the runs of each run's "
                   "median (and 90th percentile) from KVM's trace events. Fetch: "
                   "PAGE_NOT_PRESENT to the page fetched; delivery: to PAGE_READY "
-                  "written and the PPI raised; ACK: to the vCPU's next hypercall; "
+                  "written and the PPI raised, of which waiting for the block: until the "
+                  "ACK of the PAGE_READY the vCPU's block held when the page was "
+                  "fetched (0 if it was free); ACK: to the vCPU's next hypercall; "
                   "retry: PAGE_READY to the next stage-2 fault on the page, the woken "
                   "task repeating its access (retries that faulted: the share of "
                   "PAGE_READYs followed by one). Where KVM mapped the page before "
@@ -343,7 +347,7 @@ def svg(figs):
 
 FIGURES = ("compute_frac_on", "compute_frac_hidden", "fault_time_ratio",
            "extra_exits_per_fault", "compute_ratio", "touch_ratio", "after_move_ratio", "macro_time_ratio",
-           "fetch_us", "delivery_us", "ack_us", "retry_us", "mapped_frac", "retry_frac")
+           "fetch_us", "delivery_us", "wait_us", "ack_us", "retry_us", "mapped_frac", "retry_frac")
 
 
 def compare(first, second):

@@ -9,6 +9,9 @@
 //!   (`kvm_async_pf_completed`, the same IPA);
 //! - **delivery**: from then until KVM wrote PAGE_READY and raised the PPI
 //!   (`kvm_async_pf_ready`, the same token);
+//! - **wait**: the part of the delivery spent waiting for the vCPU's
+//!   block: from the fetch until the ACK of the PAGE_READY that the block
+//!   held then, if any (0 if the block was free when the fetch finished);
 //! - **ack**: from PAGE_READY until that vCPU thread's next hypercall
 //!   (`kvm_hvc_arm64`): the guest's ACK, from its PPI handler;
 //! - **retry**: from PAGE_READY until the next stage-2 fault on that page
@@ -134,6 +137,9 @@ pub fn parse_line(line: &str) -> Option<Event> {
 struct Fault {
     not_present: f64,
     completed: Option<f64>,
+    /// When the vCPU's block was free for this PAGE_READY: the fetch, or
+    /// the ACK of the PAGE_READY before on the vCPU if that came later.
+    free: Option<f64>,
     ready: Option<f64>,
     ack: Option<f64>,
     retry: Option<f64>,
@@ -174,6 +180,8 @@ pub struct Breakdown {
     pub fetch: Spread,
     /// Fetched to PAGE_READY delivered.
     pub delivery: Spread,
+    /// Of the delivery, fetched to the block free.
+    pub wait: Spread,
     /// PAGE_READY to the vCPU's next hypercall (the ACK).
     pub ack: Spread,
     /// PAGE_READY to the next stage-2 fault on the page (the retry).
@@ -188,6 +196,8 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
     let mut fetching: HashMap<u64, VecDeque<usize>> = HashMap::new();
     let mut waiting: HashMap<u64, usize> = HashMap::new();
     let mut unacked: HashMap<u32, Vec<usize>> = HashMap::new();
+    // Each vCPU thread's last ACK of a PAGE_READY.
+    let mut acked: HashMap<u32, f64> = HashMap::new();
     let mut unretried: HashMap<u64, Vec<usize>> = HashMap::new();
     // The faults whose retry the last stage-2 fault on a page was taken for.
     let mut retried: HashMap<u64, Vec<usize>> = HashMap::new();
@@ -218,7 +228,11 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
                 // The wake-all token and tokens from before the trace match
                 // nothing.
                 if let Some(i) = waiting.remove(&token) {
-                    faults[i].ready = Some(e.us);
+                    let f = &mut faults[i];
+                    f.ready = Some(e.us);
+                    f.free = f
+                        .completed
+                        .map(|c| acked.get(&e.pid).map_or(c, |&a| a.max(c)));
                     unacked.entry(e.pid).or_default().push(i);
                     unretried.entry(page(ipa_of[i])).or_default().push(i);
                 }
@@ -226,6 +240,7 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
             Kind::Hvc => {
                 for i in unacked.remove(&e.pid).unwrap_or_default() {
                     faults[i].ack = Some(e.us);
+                    acked.insert(e.pid, e.us);
                 }
             }
             Kind::GuestFault { ipa } => {
@@ -249,6 +264,7 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
         faults: faults.len(),
         fetch: span(|f| Some(f.not_present), |f| f.completed),
         delivery: span(|f| f.completed, |f| f.ready),
+        wait: span(|f| f.completed, |f| f.free),
         ack: span(|f| f.ready, |f| f.ack),
         retry: span(|f| f.ready, |f| f.retry),
     }
@@ -260,6 +276,7 @@ impl fmt::Display for Breakdown {
         for (name, s) in [
             ("fetch", self.fetch),
             ("delivery", self.delivery),
+            ("wait", self.wait),
             ("ack", self.ack),
             ("retry", self.retry),
         ] {
@@ -395,6 +412,8 @@ mod tests {
         };
         one(b.fetch, 1000.0);
         one(b.delivery, 300.0);
+        // The block was free when the fetch finished.
+        one(b.wait, 0.0);
         one(b.ack, 100.0);
         // Any vCPU's fault on the page counts as the retry.
         one(b.retry, 300.0);
@@ -431,6 +450,44 @@ mod tests {
         let b = breakdown(&e);
         assert_eq!((b.faults, b.retry.n), (1, 1));
         assert!((b.retry.p50 - 7600.0).abs() < 1.0, "{:?}", b.retry);
+    }
+
+    #[test]
+    fn waits_for_the_ack_of_the_event_before() {
+        // The second fetch ends while the block holds the first
+        // PAGE_READY; the third after the second's ACK.
+        let e: Vec<Event> = [
+            "vcpu0-145 [001] d..1. 100.000100: kvm_async_pf_not_present: token 0x1001 gva 0x4a000",
+            "vcpu0-145 [001] d..1. 100.000200: kvm_async_pf_not_present: token 0x2001 gva 0x5b000",
+            "vcpu0-145 [001] d..1. 100.000300: kvm_async_pf_not_present: token 0x3001 gva 0x6c000",
+            "kworker-45 [000] ..... 100.001000: kvm_async_pf_completed: gva 0x4a000 address 0x1",
+            "kworker-45 [000] ..... 100.001100: kvm_async_pf_completed: gva 0x5b000 address 0x1",
+            "vcpu0-145 [001] d..1. 100.001300: kvm_async_pf_ready: token 0x1001 gva 0x4a000",
+            "vcpu0-145 [001] ..... 100.001500: kvm_hvc_arm64: HVC at 0x1 (r0: 0xc6000060, imm: 0x0)",
+            "vcpu0-145 [001] d..1. 100.001700: kvm_async_pf_ready: token 0x2001 gva 0x5b000",
+            "vcpu0-145 [001] ..... 100.001800: kvm_hvc_arm64: HVC at 0x1 (r0: 0xc6000060, imm: 0x0)",
+            "kworker-45 [000] ..... 100.002000: kvm_async_pf_completed: gva 0x6c000 address 0x1",
+            "vcpu0-145 [001] d..1. 100.002300: kvm_async_pf_ready: token 0x3001 gva 0x6c000",
+        ]
+        .iter()
+        .filter_map(|l| parse_line(l))
+        .collect();
+        let b = breakdown(&e);
+        assert_eq!(b.faults, 3);
+        let near = |s: Spread, p50: f64, p90: f64| {
+            assert_eq!(s.n, 3, "{s:?}");
+            assert!(
+                (s.p50 - p50).abs() < 1.0 && (s.p90 - p90).abs() < 1.0,
+                "{s:?}"
+            );
+        };
+        // Waits of 0, 400 (1100 to the ACK at 1500) and 0 us.
+        near(b.wait, 0.0, 400.0);
+        // Deliveries of 300, 600 and 300 us.
+        near(b.delivery, 300.0, 600.0);
+        assert!(b
+            .to_string()
+            .contains(" wait_n=3 wait_us=0 wait_p90_us=400 "));
     }
 
     #[test]
