@@ -34,7 +34,7 @@
 # repetitions only. BENCH_QUICK=1: uffd1000 on 2 vCPUs, free and
 # the uffd1000 trace, 3 repetitions (about 9 minutes here; swap, whose
 # runs take 2 to 6 minutes each, is in the full run only; the full run
-# took 1h55m here, 86 runs, two thirds of it in the swap storms).
+# took 61 minutes here, 86 runs, half of it in the swap storms).
 # BENCH_OUT:
 # the output folder (default out/bench).
 source "$(dirname "$0")/lib.sh"
