@@ -238,8 +238,10 @@ pub fn breakdown(events: &[Event]) -> Breakdown {
                 }
             }
             Kind::Hvc => {
-                for i in unacked.remove(&e.pid).unwrap_or_default() {
-                    faults[i].ack = Some(e.us);
+                if let Some(acks) = unacked.remove(&e.pid) {
+                    for i in acks {
+                        faults[i].ack = Some(e.us);
+                    }
                     acked.insert(e.pid, e.us);
                 }
             }
